@@ -1,0 +1,60 @@
+# fashion-lenet — `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SWEEP  ?= $(lastword $(sort $(wildcard multirun/*/*)))
+
+.DEFAULT_GOAL := help
+.PHONY: help install data train test test-all bench study report tensorboard lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) data ## create .venv, install the project with its test tools, get the data
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+data: $(STAMP) ## put Fashion-MNIST in data/ (Debian package, else torchvision's download) and verify it
+	@if ! $(PY) -m fashion_lenet.data --check >/dev/null 2>&1 && [ ! -f $(DEBIAN_DATA) ] && command -v apt-get >/dev/null; then \
+		echo "installing the Debian package dataset-fashion-mnist"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) \
+			|| echo "apt-get failed; falling back to torchvision's download"; \
+	fi
+	$(PY) -m fashion_lenet.data
+
+train: install ## train the 15-epoch baseline (python train.py); overrides: make train ARGS="model=bn_pre"
+	$(PY) train.py $(ARGS)
+
+test: install ## run the test suite (a few minutes on 2 CPU cores)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: install ## run every test, slow ones included
+	$(PY) -m pytest $(ARGS)
+
+bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
+	$(PY) -m fashion_lenet.bench $(ARGS)
+
+study: install ## run the seed study sweep (4 techniques x 3 lr x 3 seeds), then its report
+	$(PY) train.py -m experiment=seed_study hydra.sweep.dir=multirun/seed_study $(ARGS)
+	$(PY) -m fashion_lenet.report multirun/seed_study --out results/seed_study
+
+report: install ## report of a sweep: make report SWEEP=multirun/<date>/<time> (default: the newest)
+	$(PY) -m fashion_lenet.report $(SWEEP) --out reports/$(notdir $(SWEEP))
+
+tensorboard: install ## open TensorBoard on every run and sweep (http://localhost:6006)
+	$(VENV)/bin/tensorboard --logdir . --port 6006
+
+lint: install ## ruff over the code
+	$(VENV)/bin/ruff check src tests train.py
+
+clean: ## remove outputs, sweeps, reports and caches (keeps .venv and data/)
+	rm -rf outputs lightning_logs reports .pytest_cache .ruff_cache
+	find multirun -mindepth 1 ! -name README.md -exec rm -rf {} +
+	find . -name __pycache__ -not -path "./$(VENV)/*" -exec rm -rf {} +

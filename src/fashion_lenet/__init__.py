@@ -1,0 +1,1 @@
+"""LeNet-5 regularization study on Fashion-MNIST (PyTorch Lightning + Hydra)."""

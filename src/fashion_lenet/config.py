@@ -1,0 +1,61 @@
+"""Config checks in one table, run before any work, plus the `project_root` resolver the configs use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fashion_lenet.errors import ConfigError
+from fashion_lenet.models import BN_IMPLS, NORM_CHOICES
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# (key, test, what is allowed). Keys missing from a config (e.g. momentum for Adam) are skipped.
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),
+    ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("model.dropout_p", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("model.dropout_layers", lambda v: v in (0, 1, 2) and _integer(v), "0, 1 or 2"),
+    ("model.norm", lambda v: v in NORM_CHOICES, " or ".join(NORM_CHOICES)),
+    ("model.bn_impl", lambda v: v in BN_IMPLS, " or ".join(BN_IMPLS)),
+    ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    ("data.split_seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("trainer.accelerator", lambda v: v in ACCELERATORS, ", ".join(ACCELERATORS)),
+]
+_ABSENT = object()
+
+
+def validate(cfg: DictConfig, multirun: bool = False) -> None:
+    """Raise ConfigError naming the first bad key, its value and what is allowed."""
+    for key, is_allowed, allowed in RULES:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not is_allowed(value):
+            raise ConfigError(f"{key}={value!r} is not allowed: use {allowed}")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    if multirun and devices not in (1, "1") and not (OmegaConf.is_list(devices) and len(devices) == 1):
+        raise ConfigError(
+            f"trainer.devices={devices!r} is not allowed in a multirun: each sweep job trains on one device "
+            "(Lightning's DDP re-launch breaks under Hydra multirun); use trainer.devices=1, or run a single "
+            "job (no -m) with several devices"
+        )

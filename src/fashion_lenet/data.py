@@ -1,0 +1,174 @@
+"""Fashion-MNIST as a LightningDataModule whose splits live on the trainer's device as tensors."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torchvision.datasets import FashionMNIST
+from torchvision.datasets.utils import extract_archive
+
+from fashion_lenet.errors import DataError
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+# sha256 of the decompressed IDX files (the .gz bytes differ between mirrors, the content does not).
+CONTENT_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+# Pixel statistics of the 60,000 training images after scaling to [0, 1] (checked by a test).
+MEAN, STD = 0.2860, 0.3530
+CLASSES = FashionMNIST.classes
+GET_DATA_HINT = (
+    "install it with `make install` (Debian/Ubuntu: `apt-get install dataset-fashion-mnist`), "
+    "or put the four *-ubyte.gz files of Fashion-MNIST into {raw}"
+)
+
+
+def raw_folder(root: str | Path) -> Path:
+    return Path(root) / "FashionMNIST" / "raw"
+
+
+def ensure_raw_files(root: str | Path) -> Path:
+    """Make the four IDX files exist under root and verify them; raise DataError saying how to fix."""
+    raw = raw_folder(root)
+    if not all((raw / name).is_file() for name in CONTENT_SHA256):
+        if DEBIAN_DIR.is_dir() and all((DEBIAN_DIR / f"{name}.gz").is_file() for name in CONTENT_SHA256):
+            raw.mkdir(parents=True, exist_ok=True)
+            for name in CONTENT_SHA256:
+                archive = raw / f"{name}.gz"
+                shutil.copyfile(DEBIAN_DIR / archive.name, archive)
+                extract_archive(str(archive), str(raw))
+        else:
+            try:
+                FashionMNIST(str(root), train=True, download=True)
+                FashionMNIST(str(root), train=False, download=True)
+            except Exception as error:  # any network or mirror failure ends in the same advice
+                hint = GET_DATA_HINT.format(raw=raw)
+                raise DataError(f"Fashion-MNIST not found and download failed ({error}); {hint}") from None
+    for name, expected in CONTENT_SHA256.items():
+        if hashlib.sha256((raw / name).read_bytes()).hexdigest() != expected:
+            raise DataError(f"{raw / name} is corrupted (checksum mismatch); delete {raw} and run `make install` again")
+    return raw
+
+
+def load_images(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (N×1×28×28 normalized float32 images, N int64 labels), parsed by torchvision."""
+    dataset = FashionMNIST(str(root), train=train, download=False)
+    images = dataset.data.unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD)
+    return images, dataset.targets
+
+
+def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic disjoint (train, val) indices; its own generator, independent of the training seed."""
+    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    n_val = round(n * val_fraction)
+    return permutation[n_val:].sort().values, permutation[:n_val].sort().values
+
+
+class DeviceBatches:
+    """Mini-batches sliced from tensors already on the device; shuffled by an on-device permutation.
+
+    Keeps every partial batch (validation and test must see every image once).
+    """
+
+    def __init__(self, images, labels, batch_size: int, generator: torch.Generator | None = None):
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.generator = generator  # None: keep the order (evaluation)
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.generator is None:
+            for start in range(0, n, self.batch_size):
+                yield self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+            return
+        order = torch.randperm(n, device=self.labels.device, generator=self.generator)
+        for batch in order.split(self.batch_size):
+            yield self.images[batch], self.labels[batch]
+
+
+class FashionMNISTDataModule(pl.LightningDataModule):
+    """80/20 split of the official training images; the official test set is only ever evaluated."""
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        val_fraction: float = 0.2,
+        split_seed: int = 12345,
+        shuffle_seed: int = 0,
+    ):
+        super().__init__()
+        self.root = root
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_fraction, self.split_seed, self.shuffle_seed = val_fraction, split_seed, shuffle_seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.shuffle_generator: torch.Generator | None = None
+
+    def prepare_data(self) -> None:
+        ensure_raw_files(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        images, labels = load_images(self.root, train=True)
+        train_idx, val_idx = split_indices(len(labels), self.val_fraction, self.split_seed)
+        test_images, test_labels = load_images(self.root, train=False)
+        parts = {
+            "train": (images[train_idx], labels[train_idx]),
+            "val": (images[val_idx], labels[val_idx]),
+            "test": (test_images, test_labels),
+        }
+        self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in parts.items()}
+        self.shuffle_generator = torch.Generator(device=device).manual_seed(self.shuffle_seed)
+
+    def train_dataloader(self) -> DeviceBatches:
+        return DeviceBatches(*self.splits["train"], self.batch_size, self.shuffle_generator)
+
+    def val_dataloader(self) -> list[DeviceBatches]:
+        # Index 0 selects checkpoints; index 1 only draws the per-epoch test curve of the seed's Figure 1.
+        return [self._eval_batches("val"), self._eval_batches("test")]
+
+    def test_dataloader(self) -> DeviceBatches:
+        return self._eval_batches("test")
+
+    def _eval_batches(self, split: str) -> DeviceBatches:
+        return DeviceBatches(*self.splits[split], self.eval_batch_size)
+
+    # The shuffle generator's state travels in checkpoints so a resumed run sees the same batches.
+    def state_dict(self) -> dict:
+        return {"shuffle_generator": self.shuffle_generator.get_state()} if self.shuffle_generator else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "shuffle_generator" in state_dict and self.shuffle_generator is not None:
+            self.shuffle_generator.set_state(state_dict["shuffle_generator"])
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    from fashion_lenet.config import PROJECT_ROOT
+
+    parser = argparse.ArgumentParser(description="Put Fashion-MNIST under ROOT and verify its checksums.")
+    parser.add_argument("--root", default=str(PROJECT_ROOT / "data"))
+    parser.add_argument("--check", action="store_true", help="only verify files already under ROOT")
+    args = parser.parse_args()
+    try:
+        if args.check and not all((raw_folder(args.root) / name).is_file() for name in CONTENT_SHA256):
+            raise DataError(f"Fashion-MNIST is not in {raw_folder(args.root)}")
+        print(f"Fashion-MNIST verified in {ensure_raw_files(args.root)}")
+    except DataError as error:
+        sys.exit(f"error: {error}")

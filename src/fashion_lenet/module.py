@@ -1,0 +1,83 @@
+"""The LightningModule: cross-entropy, torchmetrics accuracy per stage, optimizer built from config."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+NUM_CLASSES = 10
+MAX_MISCLASSIFIED = 64
+
+
+def _accuracy() -> MulticlassAccuracy:
+    # validate_args=False: the argument checks cost a host sync per step.
+    return MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False)
+
+
+def _mean() -> MeanMetric:
+    return MeanMetric(nan_strategy="disable")  # a NaN loss must stay visible: it marks divergence
+
+
+class LeNetModule(pl.LightningModule):
+    """Wraps a network described by `net` (a Hydra node with `_target_`), so checkpoints rebuild themselves.
+
+    `optimizer` and `scheduler` are `_partial_: true` nodes, completed in `configure_optimizers`.
+    """
+
+    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # train.py logs hparams once, with the final metrics
+        self.net: nn.Module = instantiate(net)
+        self.criterion = nn.CrossEntropyLoss()
+        stages = ("train", "val", "test", "test_best")  # test: per-epoch curve; test_best: best checkpoint
+        self.metrics = nn.ModuleDict({f"{stage}_loss": _mean() for stage in stages})
+        self.metrics.update({f"{stage}_acc": _accuracy() for stage in stages})
+        self.confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False)
+        self.misclassified: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        logits = self.net(images)
+        loss = self.criterion(logits, labels)
+        mean_loss, accuracy = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_acc"]
+        mean_loss.update(loss.detach(), len(labels))
+        accuracy.update(logits.detach(), labels)
+        # Lightning computes and resets the metric objects at epoch end; nothing syncs per step.
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, add_dataloader_idx=False)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, add_dataloader_idx=False)
+        return loss, logits
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # Loader 1 is the test set: a curve for the seed's Figure 1, never used for selection.
+        self._step(batch, ("val", "test")[dataloader_idx])
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        _, logits = self._step(batch, "test_best")
+        predictions = logits.argmax(dim=1)
+        self.confusion.update(predictions, labels)
+        if sum(len(x) for x in self.misclassified) < MAX_MISCLASSIFIED:
+            self.misclassified.append(images[predictions != labels].cpu())
+
+    def on_test_epoch_start(self) -> None:
+        self.confusion.reset()
+        self.misclassified = []
+
+    def misclassified_images(self) -> torch.Tensor:
+        return torch.cat(self.misclassified)[:MAX_MISCLASSIFIED] if self.misclassified else torch.empty(0)
+
+    def configure_optimizers(self):
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": instantiate(self.hparams.scheduler)(optimizer=optimizer)}

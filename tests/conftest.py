@@ -1,0 +1,63 @@
+"""Fixtures: configs composed in-process (as Hydra would) with outputs in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
+
+from fashion_lenet.config import PROJECT_ROOT
+from fashion_lenet.data import ensure_raw_files
+
+# A training run that touches every stage and finishes in seconds.
+TINY = [
+    "trainer.max_epochs=1",
+    "++trainer.limit_train_batches=3",
+    "++trainer.limit_val_batches=2",
+    "++trainer.limit_test_batches=2",
+    "trainer.accelerator=cpu",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real Fashion-MNIST, as `make install` leaves it."""
+    root = PROJECT_ROOT / "data"
+    ensure_raw_files(root)
+    return root
+
+
+@pytest.fixture
+def make_cfg(tmp_path, data_root):
+    """compose(overrides) -> the job config train() receives, writing into tmp_path."""
+
+    def _make(*overrides: str, multirun: bool = False) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize(version_base="1.3", config_path="../conf"):
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path)
+            cfg.hydra.job.num = 0
+            cfg.hydra.mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a project command the way a user types it."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+from conftest import TINY, run_cli
+from hydra.errors import HydraException
+
+from fashion_lenet.config import validate
+from fashion_lenet.errors import ConfigError
+from train import train
+
+BAD_VALUES = [
+    ("optim.lr=0", "optim.lr=0"),
+    ("optim.lr=-1e-3", "optim.lr=-0.001"),
+    ("optim.lr=fast", "optim.lr='fast'"),
+    ("optim.weight_decay=-1e-4", "optim.weight_decay=-0.0001"),
+    ("optim=sgd optim.momentum=1.5", "optim.momentum=1.5"),
+    ("model.dropout_p=1.0", "model.dropout_p=1.0"),
+    ("model.dropout_p=-0.1", "model.dropout_p=-0.1"),
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("data.batch_size=12.5", "data.batch_size=12.5"),
+    ("data.val_fraction=1.0", "data.val_fraction=1.0"),
+    ("data.val_fraction=0", "data.val_fraction=0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+    ("seed=-1", "seed=-1"),
+    ("trainer.accelerator=tpux", "trainer.accelerator='tpux'"),
+    ("model.norm=layer", "model.norm='layer'"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "named"), BAD_VALUES)
+def test_bad_value_is_rejected_naming_key_value_and_allowed_range(make_cfg, tmp_path, overrides, named):
+    cfg = make_cfg(*TINY, *overrides.split())
+    with pytest.raises(ConfigError, match="is not allowed: use") as error:
+        train(cfg)
+    assert str(error.value).startswith(named) and "\n" not in str(error.value)
+    assert not list(tmp_path.iterdir()), "a rejected config must not leave anything that looks like a result"
+
+
+def test_defaults_and_every_group_choice_pass_validation(make_cfg):
+    for overrides in ([], ["optim=sgd"], ["optim=adagrad"], ["model=dropout2"], ["scheduler=cosine"]):
+        validate(make_cfg(*overrides))
+
+
+def test_several_devices_are_refused_in_a_multirun(make_cfg):
+    with pytest.raises(ConfigError, match="trainer.devices=2 is not allowed in a multirun"):
+        validate(make_cfg("trainer.devices=2"), multirun=True)
+    validate(make_cfg("trainer.devices=2"), multirun=False)
+
+
+@pytest.mark.parametrize("override", ["model=resnet", "optim=rmsprop"])
+def test_unknown_group_choice_lists_the_available_ones(make_cfg, override):
+    with pytest.raises(HydraException, match="Available options"):
+        make_cfg(override)
+
+
+def test_cli_prints_one_line_error_and_exits_nonzero(tmp_path):
+    result = run_cli("train.py", "optim.lr=-1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    # Hydra frames the message with the job's overrides and its HYDRA_FULL_ERROR hint; no traceback
+    assert "\noptim.lr=-1 is not allowed: use a number > 0\n" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 4
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "optim.lr=-1" in metrics["error"]

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+from train import train
+
+METRICS_KEYS = {
+    "technique", "model", "optimizer", "lr", "weight_decay", "dropout_p", "batch_size", "seed", "max_epochs",
+    "best_epoch", "best_val_acc", "test_acc", "final_train_acc", "history", "wall_time_s", "device",
+    "versions", "status",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["baseline", "dropout", "dropout2", "bn_pre", "bn_post"])
+def test_each_variant_trains_and_writes_checkpoints_metrics_and_events(make_cfg, tmp_path, variant):
+    metrics = train(make_cfg(f"model={variant}", *TINY))
+    assert metrics["status"] == "completed"
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert METRICS_KEYS <= written.keys() and written["model"] == variant
+    assert [set(row) for row in written["history"]] == [
+        {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc"}
+    ]
+    checkpoints = {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch00-val_acc") for name in checkpoints)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert 0.0 <= written["test_acc"] <= 1.0 and written["best_epoch"] == 0
+
+
+def test_test_accuracy_is_that_of_the_best_validation_checkpoint(make_cfg, tmp_path):
+    metrics = train(make_cfg(*TINY, "trainer.max_epochs=3", "++trainer.limit_train_batches=5"))
+    best = max(metrics["history"], key=lambda row: row["val_acc"])
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["best_val_acc"] == pytest.approx(best["val_acc"])
+    # the per-epoch test curve of that epoch and the re-tested best checkpoint see the same weights
+    assert metrics["test_acc"] == pytest.approx(best["test_acc"])
+    checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == best["epoch"]
+
+
+def test_used_by_command_creates_six_complete_job_folders(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    result = run_cli(
+        "train.py", "-m", "model=bn_pre,bn_post", "optim.lr=1e-2,1e-3,1e-4", "trainer.max_epochs=1",
+        *overrides, f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3", "4", "5"]
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert len(list((job / "checkpoints").glob("epoch*.ckpt"))) == 1
+        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+    written = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    expected = {(model, lr) for model in ("bn_pre", "bn_post") for lr in (1e-2, 1e-3, 1e-4)}
+    assert {(m["model"], m["lr"]) for m in written} == expected
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("| completed |") == 6

@@ -1,0 +1,127 @@
+"""Train one LeNet-5 variant on Fashion-MNIST, select the best epoch on validation accuracy, test it.
+
+python train.py                                   # 15-epoch baseline
+python train.py -m model=bn_pre,bn_post optim.lr=1e-2,1e-3,1e-4   # a sweep
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fashion_lenet.callbacks import EpochHistory
+from fashion_lenet.config import validate
+from fashion_lenet.data import CLASSES
+from fashion_lenet.module import LeNetModule
+from fashion_lenet.results import METRICS_FILE, library_versions, write_json_atomic
+
+log = logging.getLogger("train")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one job and return what it wrote to metrics.json."""
+    hydra_cfg = HydraConfig.get()
+    validate(cfg, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # fails fast, with advice, when the data is missing or corrupted
+    node = lambda key: OmegaConf.to_container(cfg[key], resolve=True) or None  # noqa: E731
+    module = LeNetModule(net=node("model"), optimizer=node("optim"), scheduler=node("scheduler"))
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+
+    start = time.perf_counter()
+    history = next(c for c in callbacks if isinstance(c, EpochHistory))
+    hparams = job_hparams(cfg, hydra_cfg)
+    metrics = hparams | {"device": device_name(trainer), "versions": library_versions()}
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C and SIGTERM: Lightning has saved last.ckpt
+        write_json_atomic(output_dir / METRICS_FILE, metrics | {"status": "interrupted", "history": history.history})
+        raise
+    metrics["history"] = history.history
+    if history.diverged:
+        metrics |= {"status": "diverged", "best_val_acc": None, "test_acc": None}
+    else:
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
+        confusion = module.confusion.compute().cpu()
+        best = max(history.history, key=lambda row: row["val_acc"])
+        metrics |= {
+            "status": "completed",
+            "best_epoch": best["epoch"],
+            "best_val_acc": float(trainer.checkpoint_callback.best_model_score),
+            "test_acc": tested["test_best/acc"],
+            "test_loss": tested["test_best/loss"],
+            "per_class_test_acc": dict(zip(CLASSES, (confusion.diag() / confusion.sum(1)).tolist(), strict=True)),
+            "confusion_matrix": confusion.tolist(),
+            "best_checkpoint": trainer.checkpoint_callback.best_model_path,
+        }
+        trainer.logger.log_hyperparams(
+            hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]}
+        )
+    metrics["final_train_acc"] = history.history[-1].get("train_acc") if history.history else None
+    metrics["wall_time_s"] = time.perf_counter() - start
+    write_json_atomic(output_dir / METRICS_FILE, metrics)
+    log_summary(metrics, output_dir)
+    return metrics
+
+
+def job_hparams(cfg: DictConfig, hydra_cfg) -> dict:
+    """What was trained, with which hyperparameters: metrics.json's keys and TensorBoard's HPARAMS."""
+    choices = hydra_cfg.runtime.choices
+    return {
+        "technique": cfg.technique,
+        "model": choices.get("model"),
+        "optimizer": choices.get("optim"),
+        "lr": cfg.optim.lr,
+        "weight_decay": cfg.optim.weight_decay,
+        "dropout_p": cfg.model.dropout_p if cfg.model.dropout_layers else 0.0,
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.seed,
+        "max_epochs": cfg.trainer.max_epochs,
+        "scheduler": choices.get("scheduler"),
+    }
+
+
+def device_name(trainer: pl.Trainer) -> str:
+    device = trainer.strategy.root_device
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def log_summary(metrics: dict, output_dir: Path) -> None:
+    if metrics["status"] != "completed":
+        log.warning("status: diverged (the training loss stopped being finite); see %s", output_dir)
+        return
+    log.info(
+        "best epoch %d: val acc %.2f%%, test acc %.2f%% (best checkpoint) in %.0f s; outputs in %s",
+        metrics["best_epoch"],
+        100 * metrics["best_val_acc"],
+        100 * metrics["test_acc"],
+        metrics["wall_time_s"],
+        output_dir,
+    )
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Returns the best validation accuracy for sweepers (NaN when the run diverged)."""
+    metrics = train(cfg)
+    return metrics["best_val_acc"] if metrics["best_val_acc"] is not None else math.nan
+
+
+if __name__ == "__main__":
+    main()
