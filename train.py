@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
@@ -44,10 +45,10 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
 
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     history = next(c for c in callbacks if isinstance(c, EpochHistory))
     hparams = job_hparams(cfg, hydra_cfg)
-    metrics = hparams | {"device": device_name(trainer), "versions": library_versions()}
+    metrics = hparams | {"device": device_name(trainer), "versions": library_versions(), "started_at": started_at}
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C and SIGTERM: Lightning has saved last.ckpt

@@ -8,13 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
 
-from fashion_lenet.config import PROJECT_ROOT
+from fashion_lenet.config import PROJECT_ROOT, compose_job
 from fashion_lenet.data import ensure_raw_files
 
 # A training run that touches every stage and finishes in seconds.
@@ -39,21 +35,7 @@ def data_root() -> Path:
 @pytest.fixture
 def make_cfg(tmp_path, data_root):
     """compose(overrides) -> the job config train() receives, writing into tmp_path."""
-
-    def _make(*overrides: str, multirun: bool = False) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize(version_base="1.3", config_path="../conf"):
-            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path)
-            cfg.hydra.job.num = 0
-            cfg.hydra.mode = RunMode.MULTIRUN if multirun else RunMode.RUN
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
-
-    yield _make
+    yield lambda *overrides, multirun=False: compose_job(list(overrides), tmp_path, multirun)
     GlobalHydra.instance().clear()
 
 

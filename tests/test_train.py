@@ -20,7 +20,7 @@ def test_each_variant_trains_and_writes_checkpoints_metrics_and_events(make_cfg,
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert METRICS_KEYS <= written.keys() and written["model"] == variant
     assert [set(row) for row in written["history"]] == [
-        {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc"}
+        {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "train_time_s", "epoch_time_s"}
     ]
     checkpoints = {p.name for p in (tmp_path / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints and any(name.startswith("epoch00-val_acc") for name in checkpoints)

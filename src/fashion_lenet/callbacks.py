@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import time
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
@@ -15,7 +17,7 @@ HISTORY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc")
 
 
 class EpochHistory(pl.Callback):
-    """Records each epoch's metrics and stops the run when the training loss stops being finite.
+    """Records each epoch's metrics and seconds, and stops the run when the training loss stops being finite.
 
     Its state is saved in checkpoints, so a resumed run keeps the epochs before the interruption.
     """
@@ -23,11 +25,24 @@ class EpochHistory(pl.Callback):
     def __init__(self):
         self.history: list[dict[str, float]] = []
         self.diverged = False
+        self._epoch_start = self._train_end = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = self._train_end = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)  # once per epoch, so the time is the GPU's
+            self._train_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
+        now = time.perf_counter()
         row = {"epoch": trainer.current_epoch}
         row |= {key.replace("/", "_"): float(metrics[key]) for key in HISTORY_KEYS if key in metrics}
+        trained = self._train_end if self._train_end > self._epoch_start else now  # no validation this epoch
+        row |= {"train_time_s": trained - self._epoch_start, "epoch_time_s": now - self._epoch_start}
         self.history.append(row)
         if not math.isfinite(row.get("train_loss", 0.0)):
             self.diverged = True

@@ -1,4 +1,4 @@
-"""Config checks in one table, run before any work, plus the `project_root` resolver the configs use."""
+"""Config checks in one table, run before any work; the `project_root` resolver; in-process composition."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_lenet.errors import ConfigError
 from fashion_lenet.models import BN_IMPLS, NORM_CHOICES
@@ -59,3 +63,18 @@ def validate(cfg: DictConfig, multirun: bool = False) -> None:
             "(Lightning's DDP re-launch breaks under Hydra multirun); use trainer.devices=1, or run a single "
             "job (no -m) with several devices"
         )
+
+
+def compose_job(overrides: list[str], output_dir: Path, multirun: bool = False) -> DictConfig:
+    """The config one job of `train.py` receives, composed in-process (for tests and the benchmark)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+        cfg.hydra.mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+    HydraConfig.instance().set_config(cfg)  # what `${hydra:...}` and HydraConfig.get() read
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

@@ -144,6 +144,9 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DeviceBatches:
         return self._eval_batches("test")
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        return batch  # already on the trainer's device; Lightning's generic walk costs ~0.1 ms a batch
+
     def _eval_batches(self, split: str) -> DeviceBatches:
         return DeviceBatches(*self.splits[split], self.eval_batch_size)
 

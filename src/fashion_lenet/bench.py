@@ -1,0 +1,217 @@
+"""Seconds per training epoch (48,000 images, batch 64, Adam): the usual pipeline vs this project's.
+
+    python -m fashion_lenet.bench                # naive vs project vs plain-loop floor, on the available device
+    python -m fashion_lenet.bench --sweep 4      # 4 one-epoch jobs: basic launcher vs joblib, wall seconds
+    python -m fashion_lenet.bench --json         # machine-readable
+
+The naive pipeline is what most users write: torchvision transforms on PIL images, a DataLoader, a
+LightningModule that logs its metrics every step. It is built here, not imported, so it stays a fixed baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision import transforms
+from torchvision.datasets import FashionMNIST
+
+from fashion_lenet.config import PROJECT_ROOT, compose_job
+from fashion_lenet.data import MEAN, STD, FashionMNISTDataModule, ensure_raw_files, split_indices
+from fashion_lenet.models import LeNet5
+
+DATA_ROOT = PROJECT_ROOT / "data"
+
+
+class _EpochTimer(pl.Callback):
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class _NaiveModule(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net, self.accuracy = LeNet5(), MulticlassAccuracy(num_classes=10, average="micro")
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self.net(images)
+        loss = nn.functional.cross_entropy(logits, labels)
+        self.accuracy(logits, labels)
+        self.log("train/loss", loss, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.accuracy, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def naive_epochs(epochs: int, accelerator: str) -> list[float]:
+    """Lightning over a torchvision DataLoader with per-item transforms, as most tutorials write it."""
+    pl.seed_everything(0, verbose=False)
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    full = FashionMNIST(str(DATA_ROOT), train=True, transform=to_tensor)
+    train_idx, _ = split_indices(len(full), 0.2, 12345)
+    loader = DataLoader(Subset(full, train_idx.tolist()), batch_size=64, shuffle=True, num_workers=2,
+                        persistent_workers=True, pin_memory=accelerator == "gpu")  # fmt: skip
+    timer = _EpochTimer()
+    trainer = pl.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[timer],
+                         enable_progress_bar=False)  # fmt: skip
+    trainer.fit(_NaiveModule(), loader)
+    return timer.seconds
+
+
+def project_epochs(epochs: int, accelerator: str) -> list[float]:
+    """train.py's own path (config, DataModule, LeNetModule, callbacks), timed by its EpochHistory."""
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from train import train  # the script at the project root
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        overrides = [f"trainer.max_epochs={epochs}", f"trainer.accelerator={accelerator}",
+                     "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
+        metrics = train(compose_job(overrides, Path(output_dir)))
+    return [row["train_time_s"] for row in metrics["history"]]
+
+
+def plain_loop_epochs(epochs: int, device: torch.device) -> list[float]:
+    """The floor without Lightning: resident tensors, fused Adam, nothing else."""
+    torch.manual_seed(0)
+    data = FashionMNISTDataModule(str(DATA_ROOT))
+    data.setup()
+    images, labels = (t.to(device) for t in data.splits["train"])
+    net = LeNet5().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for batch in torch.randperm(len(labels), device=device).split(64):
+            loss = nn.functional.cross_entropy(net(images[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def cuda_graph_epochs(epochs: int) -> list[float]:
+    """The GPU floor: the whole train step (forward, backward, Adam) captured once and replayed."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    data = FashionMNISTDataModule(str(DATA_ROOT))
+    data.setup()
+    images, labels = (t.to(device) for t in data.splits["train"])
+    net = LeNet5().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True)
+    static_x, static_y = images[:64].clone(), labels[:64].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph, as CUDA graph capture requires
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(static_x), static_y).backward()
+            optimizer.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        nn.functional.cross_entropy(net(static_x), static_y).backward()
+        optimizer.step()
+    n_full = len(labels) // 64 * 64  # a graph has one shape: full batches only
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for batch in torch.randperm(len(labels), device=device)[:n_full].view(-1, 64):
+            static_x.copy_(images[batch])
+            static_y.copy_(labels[batch])
+            graph.replay()
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def typical(seconds: list[float]) -> float:
+    """Median epoch, leaving out the first (imports, allocator and kernel warm-up) when there are more."""
+    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
+
+
+def epoch_benchmark(epochs: int) -> dict:
+    cuda = torch.cuda.is_available()
+    accelerator, device = ("gpu", torch.device("cuda")) if cuda else ("cpu", torch.device("cpu"))
+    results = {
+        "naive": naive_epochs(epochs, accelerator),
+        "project": project_epochs(epochs, accelerator),
+        "plain_loop": plain_loop_epochs(epochs, device),
+    }
+    if cuda:
+        results["cuda_graph"] = cuda_graph_epochs(epochs)
+    name = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    typical_s = {key: typical(value) for key, value in results.items()}
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "epochs": epochs,
+        "seconds_per_epoch": typical_s,
+        "all_epochs": results,
+        "speedup_project_vs_naive": typical_s["naive"] / typical_s["project"],
+    }
+
+
+def sweep_benchmark(jobs: int) -> dict:
+    """Wall seconds of `jobs` one-epoch jobs, run one after another and side by side."""
+    lrs = ",".join(f"{1e-3 * (1 + i / 10):.5f}" for i in range(jobs))  # distinct jobs, same cost
+    walls = {}
+    with tempfile.TemporaryDirectory() as root:
+        for launcher in ("basic", "joblib"):
+            command = [sys.executable, "train.py", "-m", f"optim.lr={lrs}", "trainer.max_epochs=1",
+                       "callbacks.progress_bar.refresh_rate=0", f"hydra/launcher={launcher}",
+                       f"hydra.sweep.dir={root}/{launcher}"]  # fmt: skip
+            start = time.perf_counter()
+            subprocess.run(command, cwd=PROJECT_ROOT, check=True, capture_output=True)
+            walls[launcher] = time.perf_counter() - start
+    return {"jobs": jobs, "wall_s": walls, "speedup_joblib_vs_basic": walls["basic"] / walls["joblib"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per pipeline (the first is warm-up)")
+    parser.add_argument("--sweep", type=int, metavar="N", help="time N one-epoch jobs: basic vs joblib launcher")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    ensure_raw_files(DATA_ROOT)
+    result = sweep_benchmark(args.sweep) if args.sweep else epoch_benchmark(args.epochs)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.sweep:
+        print(f"{args.sweep} one-epoch jobs: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["wall_s"].items()))
+        print(f"joblib speed-up: {result['speedup_joblib_vs_basic']:.2f}x")
+    else:
+        print(f"seconds per training epoch on {result['device']} (median of {args.epochs} epochs, first left out)")
+        for name, seconds in result["seconds_per_epoch"].items():
+            print(f"  {name:<11} {seconds:7.3f}")
+        print(f"project vs naive: {result['speedup_project_vs_naive']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
