@@ -18,6 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_lenet.callbacks import EpochHistory
@@ -51,9 +52,10 @@ def train(cfg: DictConfig) -> dict:
     metrics = hparams | {"device": device_name(trainer), "versions": library_versions(), "started_at": started_at}
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C and SIGTERM: Lightning has saved last.ckpt
+    except SystemExit as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit, after saving last.ckpt
         write_json_atomic(output_dir / METRICS_FILE, metrics | {"status": "interrupted", "history": history.history})
-        raise
+        log.warning("interrupted; resume with: python train.py hydra.run.dir=%s ckpt_path=last", output_dir)
+        raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
     metrics["history"] = history.history
     if history.diverged:
         metrics |= {"status": "diverged", "best_val_acc": None, "test_acc": None}

@@ -78,6 +78,18 @@ class LeNetModule(pl.LightningModule):
     def misclassified_images(self) -> torch.Tensor:
         return torch.cat(self.misclassified)[:MAX_MISCLASSIFIED] if self.misclassified else torch.empty(0)
 
+    # The global RNG (dropout masks) travels in checkpoints, so a resumed run continues the same random stream.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+        if "cuda_rng_state" in checkpoint and torch.cuda.device_count() == len(checkpoint["cuda_rng_state"]):
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng_state"])
+
     def configure_optimizers(self):
         optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
         if not self.hparams.scheduler:

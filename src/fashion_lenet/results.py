@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -12,19 +13,34 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.md"
 STATUSES = ("completed", "diverged", "interrupted", "failed")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle, indent=2)
+        handle.write(text)
     os.replace(handle.name, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Strict JSON: a NaN or infinite number (a diverged loss) is written as null."""
+    write_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def library_versions() -> dict[str, str]:
@@ -40,20 +56,23 @@ def read_metrics(job_dir: Path) -> dict | None:
 
 
 def summary_markdown(sweep_dir: Path) -> str:
-    """One row per job folder: its overrides, status and headline numbers."""
-    rows = ["| job | overrides | status | best val acc | test acc | wall s |", "|---|---|---|---|---|---|"]
+    """One row per job folder: the overrides that differ between jobs, its status and headline numbers."""
     job_dirs = sorted((p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()), key=_job_number)
+    overrides = {job: OmegaConf.load(job / ".hydra" / "overrides.yaml") for job in job_dirs}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+    rows = ["| job | overrides | status | best val acc | test acc | wall s |", "|---|---|---|---|---|---|"]
     for job_dir in job_dirs:
         metrics = read_metrics(job_dir) or {"status": "incomplete"}
-        overrides = (job_dir / ".hydra" / "overrides.yaml").read_text().replace("\n- ", " ").strip("- \n")
+        varying = " ".join(o for o in overrides[job_dir] if o not in shared)
         cells = [_percent(metrics.get("best_val_acc")), _percent(metrics.get("test_acc"))]
         wall = metrics.get("wall_time_s")
         note = f" ({metrics['error']})" if metrics.get("error") else ""
         rows.append(
-            f"| {job_dir.name} | {overrides} | {metrics['status']}{note} | {' | '.join(cells)} | "
+            f"| {job_dir.name} | {varying} | {metrics['status']}{note} | {' | '.join(cells)} | "
             f"{'' if wall is None else f'{wall:.0f}'} |"
         )
-    return "\n".join(rows) + "\n"
+    common = f"Overrides shared by every job: `{' '.join(sorted(shared))}`\n\n" if shared else ""
+    return common + "\n".join(rows) + "\n"
 
 
 def _job_number(path: Path) -> tuple[int, str]:
@@ -75,7 +94,7 @@ class JobOutcome(Callback):
             write_json_atomic(job_dir / METRICS_FILE, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
         if config.hydra.mode.name == "MULTIRUN":
             sweep_dir = Path(config.hydra.sweep.dir)
-            (sweep_dir / SUMMARY_FILE).write_text(summary_markdown(sweep_dir))
+            write_atomic(sweep_dir / SUMMARY_FILE, summary_markdown(sweep_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summary = Path(config.hydra.sweep.dir) / SUMMARY_FILE

@@ -1,0 +1,91 @@
+"""Nothing lost, nothing silent: divergence, failing jobs, interruption, resume and reproducibility."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+from fashion_lenet.config import PROJECT_ROOT, compose_job
+from fashion_lenet.module import LeNetModule
+from train import train
+
+DIVERGING = ["optim=sgd", "optim.lr=1e4"]  # SGD with momentum at this rate overflows within a few steps
+TIMES = {"train_time_s", "epoch_time_s"}
+
+
+def _numbers(metrics: dict) -> dict:
+    """What a run computed, without wall-clock times, paths and timestamps."""
+    history = [{k: v for k, v in row.items() if k not in TIMES} for row in metrics["history"]]
+    return {"history": history} | {k: metrics[k] for k in ("best_epoch", "best_val_acc", "test_acc")}
+
+
+def test_nan_loss_stops_the_job_and_marks_it_diverged(make_cfg, tmp_path):
+    metrics = train(make_cfg(*TINY, *DIVERGING, "trainer.max_epochs=3"))
+    assert metrics["status"] == "diverged" and metrics["test_acc"] is None
+    written = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN is written as null
+    assert written["status"] == "diverged" and len(written["history"]) == 1
+    assert written["history"][0]["train_loss"] is None
+
+
+def test_sweep_with_a_diverging_lr_keeps_the_other_jobs(tmp_path):
+    tiny = [o for o in TINY if "max_epochs" not in o]
+    result = run_cli(
+        "train.py", "-m", "optim=sgd", "optim.lr=1e-2,1e4,1e-3", "trainer.max_epochs=2", *tiny,
+        f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    statuses = [json.loads((tmp_path / str(job) / "metrics.json").read_text())["status"] for job in range(3)]
+    assert statuses == ["completed", "diverged", "completed"]
+    assert "| diverged |" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_failing_job_neither_stops_the_sweep_nor_hides_the_failure(tmp_path):
+    result = run_cli(
+        "train.py", "-m", "model.dropout_p=0.3,1.5,0.5", *TINY, f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "model.dropout_p=1.5 is not allowed: use a number in [0, 1)" in result.stderr
+    statuses = [json.loads((tmp_path / str(job) / "metrics.json").read_text())["status"] for job in range(3)]
+    assert statuses == ["completed", "failed", "completed"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("| completed |") == 2 and "| failed (ConfigError: model.dropout_p=1.5" in summary
+
+
+def test_resumed_run_ends_exactly_like_the_uninterrupted_one(make_cfg, tmp_path):
+    """Dropout and shuffling both draw random numbers: their state must travel in the checkpoint."""
+    common = [*TINY, "model=dropout", "++trainer.limit_train_batches=20"]
+    straight = train(make_cfg(*common, "trainer.max_epochs=3"))
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    first = train(compose_job([*common, "trainer.max_epochs=1"], resumed_dir))
+    assert len(first["history"]) == 1
+    resumed = train(compose_job([*common, "trainer.max_epochs=3", "ckpt_path=last"], resumed_dir))
+    assert _numbers(resumed) == _numbers(straight)
+
+
+def test_same_config_and_seed_give_identical_numbers_on_cpu(make_cfg):
+    overrides = [*TINY, "model=dropout", "++trainer.limit_train_batches=10"]
+    assert _numbers(train(make_cfg(*overrides))) == _numbers(train(make_cfg(*overrides)))
+
+
+@pytest.mark.parametrize(("sent", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_leaves_a_loadable_checkpoint_and_says_interrupted(tmp_path, sent, exit_code):
+    command = [sys.executable, "train.py", *TINY, "trainer.max_epochs=1000", "++trainer.limit_train_batches=50",
+               f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # now inside a later epoch
+    process.send_signal(sent)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == exit_code, stderr.decode()[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and len(metrics["history"]) >= 1
+    restored = LeNetModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert restored(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
