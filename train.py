@@ -7,7 +7,6 @@ python train.py -m model=bn_pre,bn_post optim.lr=1e-2,1e-3,1e-4   # a sweep
 from __future__ import annotations
 
 import logging
-import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fashion_lenet.callbacks import EpochHistory
 from fashion_lenet.config import validate
 from fashion_lenet.data import CLASSES
+from fashion_lenet.errors import DivergedError
 from fashion_lenet.module import LeNetModule
 from fashion_lenet.results import METRICS_FILE, library_versions, write_json_atomic
 
@@ -121,9 +121,12 @@ def log_summary(metrics: dict, output_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Returns the best validation accuracy for sweepers (NaN when the run diverged)."""
+    """Returns the best validation accuracy for sweepers; a diverged run fails like any job without a result."""
     metrics = train(cfg)
-    return metrics["best_val_acc"] if metrics["best_val_acc"] is not None else math.nan
+    if metrics["status"] == "diverged":
+        epoch = len(metrics["history"]) - 1
+        raise DivergedError(f"training diverged in epoch {epoch}: the loss is no longer finite (job marked diverged)")
+    return metrics["best_val_acc"]
 
 
 if __name__ == "__main__":

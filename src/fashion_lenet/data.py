@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
 
@@ -72,16 +73,31 @@ def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[torch.T
     return permutation[n_val:].sort().values, permutation[:n_val].sort().values
 
 
+def augment(images: torch.Tensor, generator: torch.Generator, shift: int = 2) -> torch.Tensor:
+    """Random horizontal flips and translations of up to `shift` pixels, per image, on the device."""
+    n, _, height, width = images.shape
+    device = images.device
+    flip = torch.rand(n, device=device, generator=generator) < 0.5
+    images = torch.where(flip.view(n, 1, 1, 1), images.flip(3), images)
+    padded = nn.functional.pad(images, (shift,) * 4, value=-MEAN / STD)  # a black pixel, normalized
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n, 1), device=device, generator=generator)
+    rows = (dy + torch.arange(height, device=device)).view(n, 1, height, 1)
+    cols = (dx + torch.arange(width, device=device)).view(n, 1, 1, width)
+    return padded[torch.arange(n, device=device).view(n, 1, 1, 1), 0, rows, cols]
+
+
 class DeviceBatches:
     """Mini-batches sliced from tensors already on the device; shuffled by an on-device permutation.
 
     Keeps every partial batch (validation and test must see every image once).
     """
 
-    def __init__(self, images, labels, batch_size: int, generator: torch.Generator | None = None):
+    def __init__(self, images, labels, batch_size: int, generator: torch.Generator | None = None,
+                 augmented: bool = False):  # fmt: skip
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.generator = generator  # None: keep the order (evaluation)
+        self.augmented = augmented
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -94,7 +110,8 @@ class DeviceBatches:
             return
         order = torch.randperm(n, device=self.labels.device, generator=self.generator)
         for batch in order.split(self.batch_size):
-            yield self.images[batch], self.labels[batch]
+            images = self.images[batch]
+            yield (augment(images, self.generator) if self.augmented else images), self.labels[batch]
 
 
 class FashionMNISTDataModule(pl.LightningDataModule):
@@ -108,11 +125,13 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         val_fraction: float = 0.2,
         split_seed: int = 12345,
         shuffle_seed: int = 0,
+        augment: bool = False,
     ):
         super().__init__()
         self.root = root
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.shuffle_seed = val_fraction, split_seed, shuffle_seed
+        self.augment = augment
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shuffle_generator: torch.Generator | None = None
 
@@ -135,7 +154,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.shuffle_generator = torch.Generator(device=device).manual_seed(self.shuffle_seed)
 
     def train_dataloader(self) -> DeviceBatches:
-        return DeviceBatches(*self.splits["train"], self.batch_size, self.shuffle_generator)
+        return DeviceBatches(*self.splits["train"], self.batch_size, self.shuffle_generator, self.augment)
 
     def val_dataloader(self) -> list[DeviceBatches]:
         # Index 0 selects checkpoints; index 1 only draws the per-epoch test curve of the seed's Figure 1.

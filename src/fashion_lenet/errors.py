@@ -16,3 +16,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """The data set is missing or corrupted."""
+
+
+class DivergedError(UserError):
+    """The training loss stopped being finite: the job has no result (its metrics.json says diverged)."""

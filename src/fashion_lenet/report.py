@@ -221,8 +221,8 @@ def build_report(sweep_dirs: list[Path], out: Path, notes: Path | None = None) -
     top = max(best.values(), key=lambda g: g.mean("best_val_acc"))
     best_run = max(top.jobs, key=lambda j: j.metrics["best_val_acc"])
     matrix = np.array(best_run.metrics["confusion_matrix"])
-    save(confusion_matrix_figure(matrix, CLASSES, f"Best run: {labels[top.setting]}, lr {top.lr:g}, "
-                                 f"seed {best_run.metrics['seed']}"), out / "confusion_matrix_best_run.png")  # fmt: skip
+    title = f"Best run: {labels[top.setting]}, lr {top.lr:g}, seed {best_run.metrics['seed']}"
+    save(confusion_matrix_figure(matrix, CLASSES, title), out / "confusion_matrix_best_run.png")
 
     ok = [j for j in jobs if j.ok]
     first = ok[0].metrics

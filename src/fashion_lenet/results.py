@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.md"
-STATUSES = ("completed", "diverged", "interrupted", "failed")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -91,7 +90,8 @@ class JobOutcome(Callback):
         job_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED and read_metrics(job_dir) is None:
             error = job_return._return_value  # the public getter re-raises the job's exception
-            write_json_atomic(job_dir / METRICS_FILE, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+            message = " ".join(f"{type(error).__name__}: {error}".split())  # one line, also in summary.md
+            write_json_atomic(job_dir / METRICS_FILE, {"status": "failed", "error": message})
         if config.hydra.mode.name == "MULTIRUN":
             sweep_dir = Path(config.hydra.sweep.dir)
             write_atomic(sweep_dir / SUMMARY_FILE, summary_markdown(sweep_dir))

@@ -1,0 +1,59 @@
+"""Evaluate any saved checkpoint on the official test set, without the config it was trained with.
+
+    python -m fashion_lenet.evaluate multirun/<date>/<time>/0/checkpoints/last.ckpt [--out DIR]
+
+The checkpoint carries the network's description (LeNetModule's hyperparameters), so the model rebuilds itself.
+Prints test accuracy and per-class accuracy, and writes a confusion-matrix PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from fashion_lenet.config import PROJECT_ROOT
+from fashion_lenet.data import CLASSES, FashionMNISTDataModule
+from fashion_lenet.errors import UserError
+from fashion_lenet.module import LeNetModule
+from fashion_lenet.plots import confusion_matrix_figure, save
+
+
+def evaluate(checkpoint: Path, data_root: Path, out: Path, accelerator: str = "auto") -> dict:
+    if not checkpoint.is_file():
+        raise UserError(f"{checkpoint} does not exist: give a .ckpt file from a run's checkpoints/ folder")
+    module = LeNetModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    datamodule = FashionMNISTDataModule(str(data_root))
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_model_summary=False,
+                         enable_progress_bar=False)  # fmt: skip
+    tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    matrix = module.confusion.compute().cpu()
+    out.mkdir(parents=True, exist_ok=True)
+    figure = out / f"confusion_matrix_{checkpoint.stem}.png"
+    save(confusion_matrix_figure(matrix, CLASSES, f"Test set: {checkpoint.name}"), figure)
+    per_class = (matrix.diag() / matrix.sum(1)).tolist()
+    return {"test_acc": tested["test_best/acc"], "per_class": dict(zip(CLASSES, per_class, strict=True)),
+            "figure": str(figure)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--out", type=Path, help="where to write the PNG (default: beside the checkpoint)")
+    parser.add_argument("--data-root", type=Path, default=PROJECT_ROOT / "data")
+    parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
+    args = parser.parse_args()
+    try:
+        result = evaluate(args.checkpoint, args.data_root, args.out or args.checkpoint.parent, args.accelerator)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+    print(f"test accuracy: {100 * result['test_acc']:.2f} %  ({args.checkpoint})")
+    for name, accuracy in result["per_class"].items():
+        print(f"  {name:<12} {100 * accuracy:6.2f} %")
+    print(f"confusion matrix: {result['figure']}")
+
+
+if __name__ == "__main__":
+    main()

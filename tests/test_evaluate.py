@@ -1,0 +1,25 @@
+import json
+
+from conftest import TINY, run_cli
+
+from train import train
+
+
+def test_evaluate_cli_reproduces_the_recorded_test_accuracy(make_cfg, tmp_path):
+    metrics = train(make_cfg(*TINY, "model=bn_post", "++trainer.limit_test_batches=null"))
+    result = run_cli("-m", "fashion_lenet.evaluate", metrics["best_checkpoint"], "--out", str(tmp_path / "eval"),
+                     "--accelerator", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded = json.loads((tmp_path / "metrics.json").read_text())["test_acc"]
+    assert f"test accuracy: {100 * recorded:.2f} %" in result.stdout
+    assert sum(" %" in line for line in result.stdout.splitlines()) == 11  # the total and ten classes
+    assert (tmp_path / "eval" / f"confusion_matrix_{metrics['best_checkpoint'].rsplit('/', 1)[1][:-5]}.png").is_file()
+
+
+def test_evaluate_cli_names_a_missing_checkpoint(tmp_path):
+    result = run_cli("-m", "fashion_lenet.evaluate", str(tmp_path / "nope.ckpt"))
+    assert (
+        result.returncode != 0
+        and result.stderr.strip()
+        == f"error: {tmp_path / 'nope.ckpt'} does not exist: give a .ckpt file from a run's checkpoints/ folder"
+    )

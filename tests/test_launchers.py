@@ -1,0 +1,48 @@
+"""Sweeps through Hydra's plugins: joblib (parallel), submitit (local stand-in for SLURM), Optuna search."""
+
+import json
+
+import yaml
+from conftest import TINY, run_cli
+
+
+def _statuses(sweep_dir, jobs):
+    return [json.loads((sweep_dir / str(job) / "metrics.json").read_text())["status"] for job in range(jobs)]
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    result = run_cli("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=baseline,bn_post",
+                     *TINY, f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _statuses(tmp_path, 2) == ["completed", "completed"]
+    # joblib gives each of the 2 workers its share of the cores, so they do not fight over threads
+    devices = {json.loads((tmp_path / str(job) / "metrics.json").read_text())["device"] for job in range(2)}
+    assert len(devices) == 1 and devices.pop().startswith("cpu (")
+
+
+def test_submitit_local_launcher_completes_both_jobs(tmp_path):
+    result = run_cli("train.py", "-m", "hydra/launcher=submitit_local", "model=baseline,dropout", *TINY,
+                     f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _statuses(tmp_path, 2) == ["completed", "completed"]
+    assert (tmp_path / ".submitit").is_dir()
+
+
+def test_slurm_config_composes_with_one_gpu_per_job():
+    result = run_cli("train.py", "hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher")
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["gpus_per_node"], launcher["tasks_per_node"], launcher["timeout_min"]) == (1, 1, 30)
+
+
+def test_optuna_search_survives_a_failed_trial_and_records_the_best(tmp_path):
+    # seed=-1 is rejected by validation, so the trials that draw it fail; the others must still count
+    result = run_cli("train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4",
+                     '+hydra.sweeper.params.seed="choice(0,-1)"', *TINY, f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    statuses = _statuses(tmp_path, 4)
+    assert "failed" in statuses and statuses.count("completed") >= 2
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    completed = [json.loads((tmp_path / str(j) / "metrics.json").read_text()) for j in range(4)]
+    assert best["best_value"] == max(m["best_val_acc"] for m in completed if m["status"] == "completed")
