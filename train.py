@@ -78,8 +78,9 @@ def train(cfg: DictConfig) -> dict:
         )
     metrics["final_train_acc"] = history.history[-1].get("train_acc") if history.history else None
     metrics["wall_time_s"] = time.perf_counter() - start
-    write_json_atomic(output_dir / METRICS_FILE, metrics)
-    log_summary(metrics, output_dir)
+    if trainer.is_global_zero:  # one writer when several processes train one model (DDP)
+        write_json_atomic(output_dir / METRICS_FILE, metrics)
+        log_summary(metrics, output_dir)
     return metrics
 
 

@@ -46,3 +46,11 @@ def test_optuna_search_survives_a_failed_trial_and_records_the_best(tmp_path):
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     completed = [json.loads((tmp_path / str(j) / "metrics.json").read_text()) for j in range(4)]
     assert best["best_value"] == max(m["best_val_acc"] for m in completed if m["status"] == "completed")
+
+
+def test_one_run_on_two_processes_with_ddp(tmp_path):
+    """Data-parallel training of a single run (here 2 CPU processes with gloo; GPUs work the same way)."""
+    result = run_cli("train.py", *TINY, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+    assert (tmp_path / "train_ddp_process_1.log").is_file()  # Lightning re-launched train.py for rank 1

@@ -150,7 +150,9 @@ class FashionMNISTDataModule(pl.LightningDataModule):
             "val": (images[val_idx], labels[val_idx]),
             "test": (test_images, test_labels),
         }
-        self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in parts.items()}
+        # Several processes (DDP): each keeps every world_size-th image of each split, its shard.
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        self.splits = {name: (x[rank::world].to(device), y[rank::world].to(device)) for name, (x, y) in parts.items()}
         self.shuffle_generator = torch.Generator(device=device).manual_seed(self.shuffle_seed)
 
     def train_dataloader(self) -> DeviceBatches:
