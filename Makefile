@@ -41,9 +41,10 @@ test-all: install ## run every test, slow ones included
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
 	$(PY) -m fashion_lenet.bench $(ARGS)
 
-study: install ## run the seed study sweep (4 techniques x 3 lr x 3 seeds), then its report
-	$(PY) train.py -m experiment=seed_study hydra.sweep.dir=multirun/seed_study $(ARGS)
-	$(PY) -m fashion_lenet.report multirun/seed_study --out results/seed_study
+study: install ## run the seed study (4 techniques x 3 lr x 3 seeds), then its report into results/seed_study
+	$(PY) train.py -m experiment=seed_study hydra.sweep.dir=multirun/seed_study $(ARGS); status=$$?; \
+	$(PY) -m fashion_lenet.report multirun/seed_study --out results/seed_study --notes results/seed_study/conclusion.md; \
+	exit $$status
 
 report: install ## report of a sweep: make report SWEEP=multirun/<date>/<time> (default: the newest)
 	$(PY) -m fashion_lenet.report $(SWEEP) --out reports/$(notdir $(SWEEP))

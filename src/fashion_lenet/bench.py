@@ -65,7 +65,7 @@ class _NaiveModule(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
-def naive_epochs(epochs: int, accelerator: str) -> list[float]:
+def naive_epochs(epochs: int, accelerator: str, limit: int | None = None) -> list[float]:
     """Lightning over a torchvision DataLoader with per-item transforms, as most tutorials write it."""
     pl.seed_everything(0, verbose=False)
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
@@ -74,26 +74,27 @@ def naive_epochs(epochs: int, accelerator: str) -> list[float]:
     loader = DataLoader(Subset(full, train_idx.tolist()), batch_size=64, shuffle=True, num_workers=2,
                         persistent_workers=True, pin_memory=accelerator == "gpu")  # fmt: skip
     timer = _EpochTimer()
-    trainer = pl.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+    trainer = pl.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False, limit_train_batches=limit,
                          enable_checkpointing=False, enable_model_summary=False, callbacks=[timer],
                          enable_progress_bar=False)  # fmt: skip
     trainer.fit(_NaiveModule(), loader)
     return timer.seconds
 
 
-def project_epochs(epochs: int, accelerator: str) -> list[float]:
+def project_epochs(epochs: int, accelerator: str, batch_size: int = 64, limit: int | None = None) -> list[float]:
     """train.py's own path (config, DataModule, LeNetModule, callbacks), timed by its EpochHistory."""
     sys.path.insert(0, str(PROJECT_ROOT))
     from train import train  # the script at the project root
 
     with tempfile.TemporaryDirectory() as output_dir:
         overrides = [f"trainer.max_epochs={epochs}", f"trainer.accelerator={accelerator}",
-                     "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
+                     f"data.batch_size={batch_size}", "callbacks.progress_bar.refresh_rate=0",
+                     f"++trainer.limit_train_batches={limit}"]  # fmt: skip
         metrics = train(compose_job(overrides, Path(output_dir)))
     return [row["train_time_s"] for row in metrics["history"]]
 
 
-def plain_loop_epochs(epochs: int, device: torch.device) -> list[float]:
+def plain_loop_epochs(epochs: int, device: torch.device, limit: int | None = None) -> list[float]:
     """The floor without Lightning: resident tensors, fused Adam, nothing else."""
     torch.manual_seed(0)
     data = FashionMNISTDataModule(str(DATA_ROOT))
@@ -104,7 +105,7 @@ def plain_loop_epochs(epochs: int, device: torch.device) -> list[float]:
     seconds = []
     for _ in range(epochs):
         start = time.perf_counter()
-        for batch in torch.randperm(len(labels), device=device).split(64):
+        for batch in torch.randperm(len(labels), device=device).split(64)[:limit]:
             loss = nn.functional.cross_entropy(net(images[batch]), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -156,13 +157,13 @@ def typical(seconds: list[float]) -> float:
     return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
 
 
-def epoch_benchmark(epochs: int) -> dict:
+def epoch_benchmark(epochs: int, limit: int | None = None) -> dict:
     cuda = torch.cuda.is_available()
     accelerator, device = ("gpu", torch.device("cuda")) if cuda else ("cpu", torch.device("cpu"))
     results = {
-        "naive": naive_epochs(epochs, accelerator),
-        "project": project_epochs(epochs, accelerator),
-        "plain_loop": plain_loop_epochs(epochs, device),
+        "naive": naive_epochs(epochs, accelerator, limit),
+        "project": project_epochs(epochs, accelerator, limit=limit),
+        "plain_loop": plain_loop_epochs(epochs, device, limit),
     }
     if cuda:
         results["cuda_graph"] = cuda_graph_epochs(epochs)
@@ -193,16 +194,30 @@ def sweep_benchmark(jobs: int) -> dict:
     return {"jobs": jobs, "wall_s": walls, "speedup_joblib_vs_basic": walls["basic"] / walls["joblib"]}
 
 
+def batch_size_benchmark(batch_sizes: list[int], epochs: int) -> dict:
+    """How the project's epoch time changes with the batch size (the per-step cost is mostly fixed)."""
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    return {"seconds_per_epoch": {size: typical(project_epochs(epochs, accelerator, size)) for size in batch_sizes}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per pipeline (the first is warm-up)")
     parser.add_argument("--sweep", type=int, metavar="N", help="time N one-epoch jobs: basic vs joblib launcher")
+    parser.add_argument("--batch-sizes", metavar="B,B,...", help="time the project's epoch at these batch sizes")
+    parser.add_argument("--limit-batches", type=int, help="train only this many batches per epoch (smoke runs)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     ensure_raw_files(DATA_ROOT)
-    result = sweep_benchmark(args.sweep) if args.sweep else epoch_benchmark(args.epochs)
+    if args.batch_sizes:
+        result = batch_size_benchmark([int(b) for b in args.batch_sizes.split(",")], args.epochs)
+    else:
+        result = sweep_benchmark(args.sweep) if args.sweep else epoch_benchmark(args.epochs, args.limit_batches)
     if args.json:
         print(json.dumps(result, indent=2))
+    elif args.batch_sizes:
+        for size, seconds in result["seconds_per_epoch"].items():
+            print(f"batch {size:>5}: {seconds:6.2f} s per epoch")
     elif args.sweep:
         print(f"{args.sweep} one-epoch jobs: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["wall_s"].items()))
         print(f"joblib speed-up: {result['speedup_joblib_vs_basic']:.2f}x")

@@ -1,0 +1,14 @@
+import json
+
+from conftest import run_cli
+
+
+def test_bench_smoke_run_reports_every_pipeline_and_the_ratio():
+    """Timings are not asserted (benchmarks are not tests): only that `make bench` runs and reports."""
+    result = run_cli("-m", "fashion_lenet.bench", "--epochs", "2", "--limit-batches", "5", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert set(report["seconds_per_epoch"]) == {"naive", "project", "plain_loop"}
+    assert all(len(epochs) == 2 for epochs in report["all_epochs"].values())
+    ratio = report["seconds_per_epoch"]["naive"] / report["seconds_per_epoch"]["project"]
+    assert abs(report["speedup_project_vs_naive"] - ratio) < 1e-9
