@@ -94,13 +94,17 @@ def project_epochs(epochs: int, accelerator: str, batch_size: int = 64, limit: i
     return [row["train_time_s"] for row in metrics["history"]]
 
 
-def plain_loop_epochs(epochs: int, device: torch.device, limit: int | None = None) -> list[float]:
-    """The floor without Lightning: resident tensors, fused Adam, nothing else."""
+def _resident_data_and_model(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
     torch.manual_seed(0)
     data = FashionMNISTDataModule(str(DATA_ROOT))
     data.setup()
     images, labels = (t.to(device) for t in data.splits["train"])
-    net = LeNet5().to(device)
+    return images, labels, LeNet5().to(device)
+
+
+def plain_loop_epochs(epochs: int, device: torch.device, limit: int | None = None) -> list[float]:
+    """The floor without Lightning: resident tensors, fused Adam, nothing else."""
+    images, labels, net = _resident_data_and_model(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
     seconds = []
     for _ in range(epochs):
@@ -119,11 +123,7 @@ def plain_loop_epochs(epochs: int, device: torch.device, limit: int | None = Non
 def cuda_graph_epochs(epochs: int) -> list[float]:
     """The GPU floor: the whole train step (forward, backward, Adam) captured once and replayed."""
     device = torch.device("cuda")
-    torch.manual_seed(0)
-    data = FashionMNISTDataModule(str(DATA_ROOT))
-    data.setup()
-    images, labels = (t.to(device) for t in data.splits["train"])
-    net = LeNet5().to(device)
+    images, labels, net = _resident_data_and_model(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True)
     static_x, static_y = images[:64].clone(), labels[:64].clone()
     side = torch.cuda.Stream()

@@ -93,11 +93,11 @@ class DeviceBatches:
     """
 
     def __init__(self, images, labels, batch_size: int, generator: torch.Generator | None = None,
-                 augmented: bool = False):  # fmt: skip
+                 max_shift: int | None = None):  # fmt: skip
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.generator = generator  # None: keep the order (evaluation)
-        self.augmented = augmented
+        self.max_shift = max_shift  # None: no augmentation
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -111,7 +111,9 @@ class DeviceBatches:
         order = torch.randperm(n, device=self.labels.device, generator=self.generator)
         for batch in order.split(self.batch_size):
             images = self.images[batch]
-            yield (augment(images, self.generator) if self.augmented else images), self.labels[batch]
+            if self.max_shift is not None:
+                images = augment(images, self.generator, self.max_shift)
+            yield images, self.labels[batch]
 
 
 class FashionMNISTDataModule(pl.LightningDataModule):
@@ -126,12 +128,13 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         split_seed: int = 12345,
         shuffle_seed: int = 0,
         augment: bool = False,
+        max_shift: int = 2,
     ):
         super().__init__()
         self.root = root
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.shuffle_seed = val_fraction, split_seed, shuffle_seed
-        self.augment = augment
+        self.max_shift = max_shift if augment else None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shuffle_generator: torch.Generator | None = None
 
@@ -156,7 +159,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.shuffle_generator = torch.Generator(device=device).manual_seed(self.shuffle_seed)
 
     def train_dataloader(self) -> DeviceBatches:
-        return DeviceBatches(*self.splits["train"], self.batch_size, self.shuffle_generator, self.augment)
+        return DeviceBatches(*self.splits["train"], self.batch_size, self.shuffle_generator, self.max_shift)
 
     def val_dataloader(self) -> list[DeviceBatches]:
         # Index 0 selects checkpoints; index 1 only draws the per-epoch test curve of the seed's Figure 1.
