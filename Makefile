@@ -7,7 +7,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SWEEP  ?= $(lastword $(sort $(wildcard multirun/*/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test test-all bench study report tensorboard lint clean
+.PHONY: help install data train test test-all bench gpu-check study report tensorboard lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,14 @@ test-all: install ## run every test, slow ones included
 
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
 	$(PY) -m fashion_lenet.bench $(ARGS)
+
+gpu-check: install ## on a GPU machine: bench (+ CUDA-graph floor) and the 12-job study timed with joblib
+	mkdir -p reports/gpu_check
+	$(PY) -m fashion_lenet.bench --json | tee reports/gpu_check/bench.json
+	start=$$(date +%s); \
+	$(PY) train.py -m experiment=seed_study seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=12 \
+		callbacks.progress_bar.refresh_rate=0 hydra.sweep.dir=reports/gpu_check/sweep; \
+	echo "12 jobs: $$(( $$(date +%s) - start )) s wall" | tee reports/gpu_check/sweep_wall.txt
 
 study: install ## run the seed study (4 techniques x 3 lr x 3 seeds), then its report into results/seed_study
 	$(PY) train.py -m experiment=seed_study hydra.sweep.dir=multirun/seed_study $(ARGS); status=$$?; \

@@ -60,19 +60,7 @@ def train(cfg: DictConfig) -> dict:
     if history.diverged:
         metrics |= {"status": "diverged", "best_val_acc": None, "test_acc": None}
     else:
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
-        confusion = module.confusion.compute().cpu()
-        best = max(history.history, key=lambda row: row["val_acc"])
-        metrics |= {
-            "status": "completed",
-            "best_epoch": best["epoch"],
-            "best_val_acc": float(trainer.checkpoint_callback.best_model_score),
-            "test_acc": tested["test_best/acc"],
-            "test_loss": tested["test_best/loss"],
-            "per_class_test_acc": dict(zip(CLASSES, (confusion.diag() / confusion.sum(1)).tolist(), strict=True)),
-            "confusion_matrix": confusion.tolist(),
-            "best_checkpoint": trainer.checkpoint_callback.best_model_path,
-        }
+        metrics |= {"status": "completed"} | evaluate_best_checkpoint(trainer, module, datamodule, history)
         trainer.logger.log_hyperparams(
             hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]}
         )
@@ -82,6 +70,21 @@ def train(cfg: DictConfig) -> dict:
         write_json_atomic(output_dir / METRICS_FILE, metrics)
         log_summary(metrics, output_dir)
     return metrics
+
+
+def evaluate_best_checkpoint(trainer: pl.Trainer, module: LeNetModule, datamodule, history: EpochHistory) -> dict:
+    """Test the checkpoint with the best validation accuracy, once, on the official test set."""
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
+    confusion = module.confusion.compute().cpu()
+    return {
+        "best_epoch": max(history.history, key=lambda row: row["val_acc"])["epoch"],
+        "best_val_acc": float(trainer.checkpoint_callback.best_model_score),
+        "test_acc": tested["test_best/acc"],
+        "test_loss": tested["test_best/loss"],
+        "per_class_test_acc": dict(zip(CLASSES, (confusion.diag() / confusion.sum(1)).tolist(), strict=True)),
+        "confusion_matrix": confusion.tolist(),
+        "best_checkpoint": trainer.checkpoint_callback.best_model_path,
+    }
 
 
 def job_hparams(cfg: DictConfig, hydra_cfg) -> dict:

@@ -167,18 +167,18 @@ def figure_2(best: dict[tuple, Group], labels: dict[tuple, str], path: Path) -> 
         ax.bar(x + offset, means, 0.34, yerr=errors, capsize=4, color=color,
                label="final train" if key == "final_train_acc" else "test (best checkpoint)")  # fmt: skip
     seed_points = [(i, SEED_FIGURE_2[s[0][1]]) for i, s in enumerate(settings) if s[0][1] in SEED_FIGURE_2]
-    if seed_points:
-        ax.scatter([i - 0.18 for i, _ in seed_points], [v[0] for _, v in seed_points], marker="_", s=400,
-                   color="black", zorder=3, label="seed report (one run)")  # fmt: skip
-        ax.scatter([i + 0.18 for i, _ in seed_points], [v[1] for _, v in seed_points], marker="_", s=400,
-                   color="black", zorder=3)  # fmt: skip
+    for offset, column in ((-0.18, 0), (0.18, 1)):
+        label = "seed report (one run)" if column == 0 else None
+        ax.scatter([i + offset for i, _ in seed_points], [v[column] for _, v in seed_points], marker="D", s=36,
+                   color="crimson", zorder=3, label=label)  # fmt: skip
     low = min(best[s].mean("test_acc") for s in settings)
-    ax.set_ylim(max(0, low - 4), 100)
+    high = max(best[s].mean("final_train_acc") for s in settings)
+    ax.set_ylim(max(0, low - 4), min(100, high + 4))
     ax.set_xticks(x, [labels[s] for s in settings], rotation=15, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Final accuracies (mean ± 1 std over seeds)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", ncol=3, fontsize=8)
     fig.tight_layout()
     save(fig, path)
 
