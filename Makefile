@@ -7,7 +7,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SWEEP  ?= $(lastword $(sort $(wildcard multirun/*/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test test-all bench gpu-check study report tensorboard lint clean
+.PHONY: help install data train test bench gpu-check study report tensorboard lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,10 +32,7 @@ data: $(STAMP) ## put Fashion-MNIST in data/ (Debian package, else torchvision's
 train: install ## train the 15-epoch baseline (python train.py); overrides: make train ARGS="model=bn_pre"
 	$(PY) train.py $(ARGS)
 
-test: install ## run the test suite (a few minutes on 2 CPU cores)
-	$(PY) -m pytest -m "not slow" $(ARGS)
-
-test-all: install ## run every test, slow ones included
+test: install ## run the test suite (real data, tiny limits: about 4 minutes on one CPU core)
 	$(PY) -m pytest $(ARGS)
 
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
