@@ -56,15 +56,16 @@ def train(cfg: DictConfig) -> dict:
         write_json_atomic(output_dir / METRICS_FILE, metrics | {"status": "interrupted", "history": history.history})
         log.warning("interrupted; resume with: python train.py hydra.run.dir=%s ckpt_path=last", output_dir)
         raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
-    metrics["history"] = history.history
+    # A copy: testing the best checkpoint restores the callbacks' state, history included, to that epoch's.
+    metrics["history"] = rows = list(history.history)
     if history.diverged:
         metrics |= {"status": "diverged", "best_val_acc": None, "test_acc": None}
     else:
-        metrics |= {"status": "completed"} | evaluate_best_checkpoint(trainer, module, datamodule, history)
+        metrics |= {"status": "completed"} | evaluate_best_checkpoint(trainer, module, datamodule, rows)
         trainer.logger.log_hyperparams(
             hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]}
         )
-    metrics["final_train_acc"] = history.history[-1].get("train_acc") if history.history else None
+    metrics["final_train_acc"] = rows[-1].get("train_acc") if rows else None
     metrics["wall_time_s"] = time.perf_counter() - start
     if trainer.is_global_zero:  # one writer when several processes train one model (DDP)
         write_json_atomic(output_dir / METRICS_FILE, metrics)
@@ -72,12 +73,12 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-def evaluate_best_checkpoint(trainer: pl.Trainer, module: LeNetModule, datamodule, history: EpochHistory) -> dict:
+def evaluate_best_checkpoint(trainer: pl.Trainer, module: LeNetModule, datamodule, history: list[dict]) -> dict:
     """Test the checkpoint with the best validation accuracy, once, on the official test set."""
     tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
     confusion = module.confusion.compute().cpu()
     return {
-        "best_epoch": max(history.history, key=lambda row: row["val_acc"])["epoch"],
+        "best_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
         "best_val_acc": float(trainer.checkpoint_callback.best_model_score),
         "test_acc": tested["test_best/acc"],
         "test_loss": tested["test_best/loss"],

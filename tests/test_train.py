@@ -35,6 +35,9 @@ def test_test_accuracy_is_that_of_the_best_validation_checkpoint(make_cfg, tmp_p
     assert metrics["best_val_acc"] == pytest.approx(best["val_acc"])
     # the per-epoch test curve of that epoch and the re-tested best checkpoint see the same weights
     assert metrics["test_acc"] == pytest.approx(best["test_acc"])
+    assert len(metrics["history"]) == 3 and metrics["final_train_acc"] == metrics["history"][-1]["train_acc"]
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(written["history"]) == 3 and written["final_train_acc"] == written["history"][-1]["train_acc"]
     checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == best["epoch"]
 

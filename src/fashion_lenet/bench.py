@@ -89,7 +89,7 @@ def project_epochs(epochs: int, accelerator: str, batch_size: int = 64, limit: i
     with tempfile.TemporaryDirectory() as output_dir:
         overrides = [f"trainer.max_epochs={epochs}", f"trainer.accelerator={accelerator}",
                      f"data.batch_size={batch_size}", "callbacks.progress_bar.refresh_rate=0",
-                     f"++trainer.limit_train_batches={limit}"]  # fmt: skip
+                     f"++trainer.limit_train_batches={'null' if limit is None else limit}"]  # fmt: skip
         metrics = train(compose_job(overrides, Path(output_dir)))
     return [row["train_time_s"] for row in metrics["history"]]
 

@@ -51,6 +51,13 @@ class Job:
         m = self.metrics
         return m.get("status") == "completed" and all(_finite(m.get(k)) for k in ("best_val_acc", "test_acc"))
 
+    def value(self, key: str) -> float:
+        # The final train accuracy is read from the history: metrics.json files written before 2026-11-27 08:15
+        # carry the best epoch's value under final_train_acc (testing the best checkpoint restored the history).
+        if key == "final_train_acc" and self.metrics.get("history"):
+            return self.metrics["history"][-1].get("train_acc")
+        return self.metrics.get(key)
+
     @property
     def setting(self) -> tuple:
         return tuple((key, self.metrics.get(key)) for key in SETTING_KEYS)
@@ -65,7 +72,7 @@ class Group:
     jobs: list[Job] = field(default_factory=list)
 
     def values(self, key: str) -> list[float]:
-        return [100 * job.metrics[key] for job in self.jobs]
+        return [100 * job.value(key) for job in self.jobs]
 
     def mean(self, key: str) -> float:
         return statistics.fmean(self.values(key))
@@ -190,7 +197,7 @@ def write_jobs_csv(jobs: list[Job], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for job in jobs:
-            writer.writerow([str(job.path), *(job.metrics.get(c) for c in columns[1:])])
+            writer.writerow([str(job.path), *(job.value(c) for c in columns[1:])])
 
 
 def sweep_wall_time(jobs: list[Job]) -> str:
