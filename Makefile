@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-SWEEP  ?= $(lastword $(sort $(wildcard multirun/*/*)))
+SWEEP  ?= $(lastword $(sort $(wildcard multirun/20*/*)))
 
 .DEFAULT_GOAL := help
 .PHONY: help install data train test bench gpu-check study report tensorboard lint clean
@@ -32,7 +32,7 @@ data: $(STAMP) ## put Fashion-MNIST in data/ (Debian package, else torchvision's
 train: install ## train the 15-epoch baseline (python train.py); overrides: make train ARGS="model=bn_pre"
 	$(PY) train.py $(ARGS)
 
-test: install ## run the test suite (real data, tiny limits: about 4 minutes on one CPU core)
+test: install ## run the test suite (real data, tiny limits: about 5 minutes on 2 CPU cores)
 	$(PY) -m pytest $(ARGS)
 
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
