@@ -135,11 +135,15 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.shuffle_seed = val_fraction, split_seed, shuffle_seed
         self.max_shift = max_shift if augment else None
+        self.raw_verified = False
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shuffle_generator: torch.Generator | None = None
 
     def prepare_data(self) -> None:
-        ensure_raw_files(self.root)
+        # Lightning calls this for fit and again for test; the 55 MB checksum pass is needed only once.
+        if not self.raw_verified:
+            ensure_raw_files(self.root)
+            self.raw_verified = True
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
