@@ -69,6 +69,12 @@ def test_resumed_run_ends_exactly_like_the_uninterrupted_one(make_cfg, tmp_path)
     assert _numbers(resumed) == _numbers(straight)
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_validation_did_not_improve(make_cfg, tmp_path):
+    metrics = train(make_cfg(*TINY, "trainer.max_epochs=2", "optim.lr=1e-12"))  # weights barely move
+    assert metrics["best_epoch"] == 0 and metrics["history"][1]["val_acc"] == metrics["history"][0]["val_acc"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+
+
 def test_same_config_and_seed_give_identical_numbers_on_cpu(make_cfg):
     overrides = [*TINY, "model=dropout", "++trainer.limit_train_batches=10"]
     assert _numbers(train(make_cfg(*overrides))) == _numbers(train(make_cfg(*overrides)))
