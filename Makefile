@@ -38,13 +38,8 @@ test: install ## run the test suite (real data, tiny limits: about 5 minutes on 
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
 	$(PY) -m fashion_lenet.bench $(ARGS)
 
-gpu-check: install ## on a GPU machine: bench (+ CUDA-graph floor) and the 12-job study timed with joblib
-	mkdir -p reports/gpu_check
-	$(PY) -m fashion_lenet.bench --json | tee reports/gpu_check/bench.json
-	start=$$(date +%s); \
-	$(PY) train.py -m experiment=seed_study seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=12 \
-		callbacks.progress_bar.refresh_rate=0 hydra.sweep.dir=reports/gpu_check/sweep; \
-	echo "12 jobs: $$(( $$(date +%s) - start )) s wall" | tee reports/gpu_check/sweep_wall.txt
+gpu-check: install ## on a GPU machine: CUDA-graph tests, bench, the 12-job study with joblib (scripts/gpu_check.sh)
+	PY=$(PY) scripts/gpu_check.sh
 
 study: install ## run the seed study (4 techniques x 3 lr x 3 seeds), then its report into results/seed_study
 	$(PY) train.py -m experiment=seed_study hydra.sweep.dir=multirun/seed_study $(ARGS); status=$$?; \

@@ -42,7 +42,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # fails fast, with advice, when the data is missing or corrupted
     node = lambda key: OmegaConf.to_container(cfg[key], resolve=True) or None  # noqa: E731
-    module = LeNetModule(net=node("model"), optimizer=node("optim"), scheduler=node("scheduler"))
+    module = LeNetModule(node("model"), node("optim"), node("scheduler"), cuda_graph=cfg.cuda_graph)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
 
@@ -66,6 +66,7 @@ def train(cfg: DictConfig) -> dict:
             hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]}
         )
     metrics["final_train_acc"] = rows[-1].get("train_acc") if rows else None
+    metrics["cuda_graph"] = module.uses_cuda_graph
     metrics["wall_time_s"] = time.perf_counter() - start
     if trainer.is_global_zero:  # one writer when several processes train one model (DDP)
         write_json_atomic(output_dir / METRICS_FILE, metrics)
@@ -75,7 +76,8 @@ def train(cfg: DictConfig) -> dict:
 
 def evaluate_best_checkpoint(trainer: pl.Trainer, module: LeNetModule, datamodule, history: list[dict]) -> dict:
     """Test the checkpoint with the best validation accuracy, once, on the official test set."""
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
+    best = trainer.checkpoint_callback.best_model_path  # the monitored callback; last.ckpt has its own
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     confusion = module.confusion.compute().cpu()
     return {
         "best_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
@@ -84,7 +86,7 @@ def evaluate_best_checkpoint(trainer: pl.Trainer, module: LeNetModule, datamodul
         "test_loss": tested["test_best/loss"],
         "per_class_test_acc": dict(zip(CLASSES, (confusion.diag() / confusion.sum(1)).tolist(), strict=True)),
         "confusion_matrix": confusion.tolist(),
-        "best_checkpoint": trainer.checkpoint_callback.best_model_path,
+        "best_checkpoint": best,
     }
 
 

@@ -2,6 +2,7 @@
 
     python -m fashion_lenet.bench                # naive vs project vs plain-loop floor, on the available device
     python -m fashion_lenet.bench --sweep 4      # 4 one-epoch jobs: basic launcher vs joblib, wall seconds
+    python -m fashion_lenet.bench --variant cuda_graph=false   # also time the project path with these overrides
     python -m fashion_lenet.bench --json         # machine-readable
 
 The naive pipeline is what most users write: torchvision transforms on PIL images, a DataLoader, a
@@ -81,7 +82,8 @@ def naive_epochs(epochs: int, accelerator: str, limit: int | None = None) -> lis
     return timer.seconds
 
 
-def project_epochs(epochs: int, accelerator: str, batch_size: int = 64, limit: int | None = None) -> list[float]:
+def project_epochs(epochs: int, accelerator: str, batch_size: int = 64, limit: int | None = None,
+                   extra: tuple[str, ...] = ()) -> list[float]:  # fmt: skip
     """train.py's own path (config, DataModule, LeNetModule, callbacks), timed by its EpochHistory."""
     sys.path.insert(0, str(PROJECT_ROOT))
     from train import train  # the script at the project root
@@ -89,7 +91,7 @@ def project_epochs(epochs: int, accelerator: str, batch_size: int = 64, limit: i
     with tempfile.TemporaryDirectory() as output_dir:
         overrides = [f"trainer.max_epochs={epochs}", f"trainer.accelerator={accelerator}",
                      f"data.batch_size={batch_size}", "callbacks.progress_bar.refresh_rate=0",
-                     f"++trainer.limit_train_batches={'null' if limit is None else limit}"]  # fmt: skip
+                     f"++trainer.limit_train_batches={'null' if limit is None else limit}", *extra]  # fmt: skip
         metrics = train(compose_job(overrides, Path(output_dir)))
     return [row["train_time_s"] for row in metrics["history"]]
 
@@ -157,7 +159,8 @@ def typical(seconds: list[float]) -> float:
     return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
 
 
-def epoch_benchmark(epochs: int, limit: int | None = None) -> dict:
+def epoch_benchmark(epochs: int, limit: int | None = None, variants: list[str] = ()) -> dict:
+    """Each pipeline's epochs; `variants` are extra project runs, each a space-separated list of overrides."""
     cuda = torch.cuda.is_available()
     accelerator, device = ("gpu", torch.device("cuda")) if cuda else ("cpu", torch.device("cpu"))
     results = {
@@ -165,6 +168,8 @@ def epoch_benchmark(epochs: int, limit: int | None = None) -> dict:
         "project": project_epochs(epochs, accelerator, limit=limit),
         "plain_loop": plain_loop_epochs(epochs, device, limit),
     }
+    for variant in variants:
+        results[f"project {variant}"] = project_epochs(epochs, accelerator, limit=limit, extra=tuple(variant.split()))
     if cuda:
         results["cuda_graph"] = cuda_graph_epochs(epochs)
     name = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
@@ -206,13 +211,15 @@ def main() -> None:
     parser.add_argument("--sweep", type=int, metavar="N", help="time N one-epoch jobs: basic vs joblib launcher")
     parser.add_argument("--batch-sizes", metavar="B,B,...", help="time the project's epoch at these batch sizes")
     parser.add_argument("--limit-batches", type=int, help="train only this many batches per epoch (smoke runs)")
+    parser.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
+                        help="also time the project path with these overrides, e.g. 'cuda_graph=false'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     ensure_raw_files(DATA_ROOT)
     if args.batch_sizes:
         result = batch_size_benchmark([int(b) for b in args.batch_sizes.split(",")], args.epochs)
     else:
-        result = sweep_benchmark(args.sweep) if args.sweep else epoch_benchmark(args.epochs, args.limit_batches)
+        result = sweep_benchmark(args.sweep) if args.sweep else epoch_benchmark(args.epochs, args.limit_batches, args.variant)
     if args.json:
         print(json.dumps(result, indent=2))
     elif args.batch_sizes:
@@ -224,7 +231,7 @@ def main() -> None:
     else:
         print(f"seconds per training epoch on {result['device']} (median of {args.epochs} epochs, first left out)")
         for name, seconds in result["seconds_per_epoch"].items():
-            print(f"  {name:<11} {seconds:7.3f}")
+            print(f"  {name:<36} {seconds:7.3f}")
         print(f"project vs naive: {result['speedup_project_vs_naive']:.2f}x")
 
 

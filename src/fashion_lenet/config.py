@@ -33,6 +33,7 @@ def _integer(value: Any) -> bool:
 # (key, test, what is allowed). Keys missing from a config (e.g. momentum for Adam) are skipped.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("cuda_graph", lambda v: isinstance(v, bool), "true or false"),
     ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),
     ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),

@@ -1,0 +1,95 @@
+"""TrainStep: gradients and running totals match a plain backward; on a GPU the replayed graph matches eager."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fashion_lenet.data import FashionMNISTDataModule
+from fashion_lenet.models import LeNet5
+from fashion_lenet.train_step import WARMUP_STEPS, TrainStep
+from train import train
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")
+
+
+@pytest.fixture(scope="module")
+def train_split(data_root):
+    data = FashionMNISTDataModule(str(data_root))
+    data.setup()
+    return data.splits["train"]
+
+
+def _batches(split, device, sizes):
+    images, labels = (t.to(device) for t in split)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [(images[s : s + n], labels[s : s + n]) for s, n in zip(starts, sizes, strict=True)]
+
+
+def test_totals_and_gradients_match_a_plain_backward(train_split):
+    torch.manual_seed(0)
+    net = LeNet5(norm="pre")
+    reference = copy.deepcopy(net)
+    step = TrainStep(net, lambda loss: loss.backward(), torch.device("cpu"), capture=True)  # capture: GPU only
+    batches = _batches(train_split, "cpu", [64, 64, 17])
+    loss_sum = correct = 0.0
+    for images, labels in batches:  # no optimizer step: every batch sees the same weights
+        step(images, labels)
+        reference.zero_grad()
+        logits = reference(images)
+        loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        (loss / len(labels)).backward()
+        loss_sum, correct = loss_sum + loss.item(), correct + (logits.argmax(1) == labels).sum().item()
+    assert step.graph is None
+    for (name, p), q in zip(net.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)  # the last batch's gradients, not a sum
+    assert step.take_totals().tolist() == pytest.approx([loss_sum, correct, 145], rel=1e-5)
+    assert step.take_totals().tolist() == [0.0, 0.0, 0.0]  # taking them restarts them
+
+
+def test_training_counts_optimizer_steps_and_steps_the_scheduler_per_epoch(make_cfg, tmp_path):
+    from tests.conftest import TINY
+
+    train(make_cfg(*TINY, "trainer.max_epochs=2", "scheduler=cosine"))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 2 * 3  # 3 batches per epoch (TINY), one optimizer step each
+    assert last["lr_schedulers"][0]["last_epoch"] == 2
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine end
+
+
+@cuda_only
+@pytest.mark.parametrize("variant", [{"norm": "pre"}, {"norm": "none"}])
+def test_cuda_graph_replays_what_eager_steps_compute(train_split, variant):
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    eager_net = LeNet5(**variant).to(device)
+    graph_net = copy.deepcopy(eager_net)
+    sizes = [64] * (WARMUP_STEPS + 8) + [32]  # warm-up, capture, replays, then a partial batch run eagerly
+    results = []
+    for net, capture in ((eager_net, False), (graph_net, True)):
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+        step = TrainStep(net, lambda loss: loss.backward(), device, capture)
+        for images, labels in _batches(train_split, device, sizes):
+            step(images, labels)
+            optimizer.step()
+        results.append((step, net))
+    (eager_step, _), (graph_step, _) = results
+    assert eager_step.graph is None and graph_step.graph is not None
+    torch.testing.assert_close(graph_step.take_totals(), eager_step.take_totals(), rtol=1e-4, atol=1e-3)
+    for p, q in zip(graph_net.state_dict().values(), eager_net.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@cuda_only
+def test_training_on_a_gpu_uses_the_graph_and_completes(make_cfg):
+    from tests.conftest import TINY
+
+    overrides = [o for o in TINY if "accelerator" not in o and "limit_train" not in o]
+    metrics = train(make_cfg(*overrides, "trainer.accelerator=gpu", "++trainer.limit_train_batches=30",
+                             "model=dropout"))  # fmt: skip
+    assert metrics["status"] == "completed" and metrics["cuda_graph"] is True
+    first = metrics["history"][0]  # totals from the replayed steps reached the epoch's metrics
+    assert first["train_loss"] < 2.2 and 0.2 < first["train_acc"] < 1.0  # untrained: 2.30 and 0.1
