@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from fashion_lenet.config import compose_job
 from fashion_lenet.data import FashionMNISTDataModule
 from fashion_lenet.models import LeNet5
 from fashion_lenet.train_step import WARMUP_STEPS, TrainStep
@@ -67,16 +68,18 @@ def test_cuda_graph_replays_what_eager_steps_compute(train_split, variant):
     device = torch.device("cuda")
     eager_net = LeNet5(**variant).to(device)
     graph_net = copy.deepcopy(eager_net)
-    sizes = [64] * (WARMUP_STEPS + 8) + [32]  # warm-up, capture, replays, then a partial batch run eagerly
+    sizes = [64] * (WARMUP_STEPS + 8) + [32] + [64] * 3  # warm-up, capture, replays, a partial batch, replays
     results = []
     for net, capture in ((eager_net, False), (graph_net, True)):
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
         step = TrainStep(net, lambda loss: loss.backward(), device, capture)
-        for images, labels in _batches(train_split, device, sizes):
+        for i, (images, labels) in enumerate(_batches(train_split, device, sizes)):
+            if i == WARMUP_STEPS + 5:
+                net.zero_grad(set_to_none=True)  # as Lightning does before each validation
             step(images, labels)
             optimizer.step()
-        results.append((step, net))
-    (eager_step, _), (graph_step, _) = results
+        results.append(step)
+    eager_step, graph_step = results
     assert eager_step.graph is None and graph_step.graph is not None
     torch.testing.assert_close(graph_step.take_totals(), eager_step.take_totals(), rtol=1e-4, atol=1e-3)
     for p, q in zip(graph_net.state_dict().values(), eager_net.state_dict().values(), strict=True):
@@ -84,12 +87,16 @@ def test_cuda_graph_replays_what_eager_steps_compute(train_split, variant):
 
 
 @cuda_only
-def test_training_on_a_gpu_uses_the_graph_and_completes(make_cfg):
+def test_gpu_run_with_the_graph_follows_the_eager_run_over_epochs(tmp_path):
+    """Across epoch boundaries (validation, checkpoints, the scheduler) the graph keeps training the same way."""
     from tests.conftest import TINY
 
-    overrides = [o for o in TINY if "accelerator" not in o and "limit_train" not in o]
-    metrics = train(make_cfg(*overrides, "trainer.accelerator=gpu", "++trainer.limit_train_batches=30",
-                             "model=dropout"))  # fmt: skip
-    assert metrics["status"] == "completed" and metrics["cuda_graph"] is True
-    first = metrics["history"][0]  # totals from the replayed steps reached the epoch's metrics
-    assert first["train_loss"] < 2.2 and 0.2 < first["train_acc"] < 1.0  # untrained: 2.30 and 0.1
+    common = [o for o in TINY if "accelerator" not in o and "limit_train" not in o and "max_epochs" not in o]
+    common += ["trainer.accelerator=gpu", "++trainer.limit_train_batches=30", "trainer.max_epochs=3", "scheduler=cosine"]
+    graph = train(compose_job(common, tmp_path / "graph"))
+    eager = train(compose_job([*common, "cuda_graph=false"], tmp_path / "eager"))
+    assert graph["cuda_graph"] is True and eager["cuda_graph"] is False
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert [row[key] for row in graph["history"]] == pytest.approx([row[key] for row in eager["history"]], rel=1e-3)
+    losses = [row["train_loss"] for row in graph["history"]]
+    assert losses[0] > losses[1] > losses[2]  # still learning after each validation

@@ -31,8 +31,12 @@ class TrainStep:
         self.warmup_steps_done = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: tuple[Tensor, Tensor] | None = None
+        self.graph_grads: list[tuple[nn.Parameter, Tensor]] = []  # the gradient tensors each replay rewrites
 
     def __call__(self, images: Tensor, labels: Tensor) -> None:
+        for param, grad in self.graph_grads:
+            if param.grad is not grad:  # dropped by someone, e.g. Lightning's zero_grad before validation
+                param.grad = grad
         if self.graph is not None and images.shape == self.static_batch[0].shape:
             self.static_batch[0].copy_(images)
             self.static_batch[1].copy_(labels)
@@ -73,3 +77,4 @@ class TrainStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._forward_backward(*self.static_batch)
+        self.graph_grads = [(p, p.grad) for p in self.net.parameters() if p.grad is not None]
