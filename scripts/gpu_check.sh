@@ -11,7 +11,7 @@ status=0
 $PY -m pytest -q tests/test_train_step.py 2>&1 | tee $OUT/tests.txt || status=1
 $PY -m fashion_lenet.bench --json --epochs 4 --variant cuda_graph=false --variant trainer.deterministic=false \
     --variant "trainer.deterministic=false trainer.benchmark=true" | tee $OUT/bench.json || status=1
-/usr/bin/time -f "import train: %e s" $PY -c "import train" 2>&1 | tee $OUT/import_time.txt
+(TIMEFORMAT="python + import train.py: %R s"; time $PY -c "import train") 2>&1 | tee $OUT/import_time.txt
 start=$(date +%s%N)
 $PY train.py -m experiment=seed_study seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=12 \
     callbacks.progress_bar.refresh_rate=0 hydra.sweep.dir=$OUT/sweep || status=1
