@@ -38,9 +38,6 @@ def train(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True)
-    # Deterministic kernels stay (trainer.deterministic) but new tensors are not NaN-filled first: that only
-    # exposes reads of uninitialized memory and costs a kernel per allocation on GPUs.
-    torch.utils.deterministic.fill_uninitialized_memory = False
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # fails fast, with advice, when the data is missing or corrupted

@@ -10,7 +10,7 @@ mkdir -p $OUT
 status=0
 $PY -m pytest -q tests/test_train_step.py 2>&1 | tee $OUT/tests.txt || status=1
 $PY -m fashion_lenet.bench --json --epochs 4 --variant cuda_graph=false --variant trainer.deterministic=false \
-    --variant "trainer.deterministic=false trainer.benchmark=true" | tee $OUT/bench.json || status=1
+    --variant "trainer.deterministic=false ++trainer.benchmark=true" | tee $OUT/bench.json || status=1
 (TIMEFORMAT="python + import train.py: %R s"; time $PY -c "import train") 2>&1 | tee $OUT/import_time.txt
 start=$(date +%s%N)
 $PY train.py -m experiment=seed_study seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=12 \

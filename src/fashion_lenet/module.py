@@ -53,6 +53,11 @@ class LeNetModule(pl.LightningModule):
     def uses_cuda_graph(self) -> bool:
         return self.train_step is not None and self.train_step.graph is not None
 
+    def on_fit_start(self) -> None:
+        # Deterministic kernels stay (trainer.deterministic), but new tensors are not NaN-filled first: the fill
+        # only exposes reads of uninitialized memory and costs one kernel per allocation on a GPU.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+
     def on_train_start(self) -> None:
         # Here the net is on its device and any checkpoint is restored: what a graph records must not move.
         capture = self.hparams.cuda_graph and self.trainer.world_size == 1  # DDP's gradient sync is not replayable
