@@ -66,8 +66,15 @@ class _NaiveModule(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
+def _torch_defaults() -> None:
+    """Undo the global flags a project run's Trainer left set (deterministic algorithms, cuDNN choices)."""
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = False
+
+
 def naive_epochs(epochs: int, accelerator: str, limit: int | None = None) -> list[float]:
     """Lightning over a torchvision DataLoader with per-item transforms, as most tutorials write it."""
+    _torch_defaults()
     pl.seed_everything(0, verbose=False)
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
     full = FashionMNIST(str(DATA_ROOT), train=True, transform=to_tensor)
@@ -97,6 +104,7 @@ def project_epochs(epochs: int, accelerator: str, batch_size: int = 64, limit: i
 
 
 def _resident_data_and_model(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    _torch_defaults()
     torch.manual_seed(0)
     data = FashionMNISTDataModule(str(DATA_ROOT))
     data.setup()
