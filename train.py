@@ -10,28 +10,37 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from fashion_lenet.callbacks import EpochHistory
 from fashion_lenet.config import validate
-from fashion_lenet.data import CLASSES
 from fashion_lenet.errors import DivergedError
-from fashion_lenet.module import LeNetModule
 from fashion_lenet.results import METRICS_FILE, library_versions, write_json_atomic
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from fashion_lenet.module import LeNetModule
 
 log = logging.getLogger("train")
 
 
 def train(cfg: DictConfig) -> dict:
     """Run one job and return what it wrote to metrics.json."""
+    # Imported here, in the job's process: a launcher that runs jobs in other processes (joblib, SLURM) then
+    # skips Lightning, torchvision and torchmetrics (about 5 of its 7 s start-up on a 2-core CPU).
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from fashion_lenet.callbacks import EpochHistory
+    from fashion_lenet.module import LeNetModule
+
     hydra_cfg = HydraConfig.get()
     validate(cfg, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -76,6 +85,8 @@ def train(cfg: DictConfig) -> dict:
 
 def evaluate_best_checkpoint(trainer: pl.Trainer, module: LeNetModule, datamodule, history: list[dict]) -> dict:
     """Test the checkpoint with the best validation accuracy, once, on the official test set."""
+    from fashion_lenet.data import CLASSES
+
     best = trainer.checkpoint_callback.best_model_path  # the monitored callback; last.ckpt has its own
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     confusion = module.confusion.compute().cpu()

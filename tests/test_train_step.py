@@ -92,7 +92,8 @@ def test_gpu_run_with_the_graph_follows_the_eager_run_over_epochs(tmp_path):
     from tests.conftest import TINY
 
     common = [o for o in TINY if "accelerator" not in o and "limit_train" not in o and "max_epochs" not in o]
-    common += ["trainer.accelerator=gpu", "++trainer.limit_train_batches=30", "trainer.max_epochs=3", "scheduler=cosine"]
+    common += ["trainer.accelerator=gpu", "++trainer.limit_train_batches=30", "trainer.max_epochs=3"]
+    common += ["scheduler=cosine"]
     graph = train(compose_job(common, tmp_path / "graph"))
     eager = train(compose_job([*common, "cuda_graph=false"], tmp_path / "eager"))
     assert graph["cuda_graph"] is True and eager["cuda_graph"] is False

@@ -219,15 +219,22 @@ def main() -> None:
     parser.add_argument("--sweep", type=int, metavar="N", help="time N one-epoch jobs: basic vs joblib launcher")
     parser.add_argument("--batch-sizes", metavar="B,B,...", help="time the project's epoch at these batch sizes")
     parser.add_argument("--limit-batches", type=int, help="train only this many batches per epoch (smoke runs)")
-    parser.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
-                        help="also time the project path with these overrides, e.g. 'cuda_graph=false'")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="also time the project path with these overrides, e.g. 'cuda_graph=false'",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     ensure_raw_files(DATA_ROOT)
     if args.batch_sizes:
         result = batch_size_benchmark([int(b) for b in args.batch_sizes.split(",")], args.epochs)
+    elif args.sweep:
+        result = sweep_benchmark(args.sweep)
     else:
-        result = sweep_benchmark(args.sweep) if args.sweep else epoch_benchmark(args.epochs, args.limit_batches, args.variant)
+        result = epoch_benchmark(args.epochs, args.limit_batches, args.variant)
     if args.json:
         print(json.dumps(result, indent=2))
     elif args.batch_sizes:
