@@ -58,8 +58,8 @@ def test_a_failing_job_neither_stops_the_sweep_nor_hides_the_failure(tmp_path):
 
 
 def test_resumed_run_ends_exactly_like_the_uninterrupted_one(make_cfg, tmp_path):
-    """Dropout and shuffling both draw random numbers: their state must travel in the checkpoint."""
-    common = [*TINY, "model=dropout", "++trainer.limit_train_batches=20"]
+    """Dropout and shuffling draw random numbers and the schedule moves the lr: all must travel in the checkpoint."""
+    common = [*TINY, "model=dropout", "++trainer.limit_train_batches=20", "scheduler=cosine", "scheduler.T_max=3"]
     straight = train(make_cfg(*common, "trainer.max_epochs=3"))
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
