@@ -74,6 +74,7 @@ def train(cfg: DictConfig) -> dict:
         trainer.logger.log_hyperparams(
             hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]}
         )
+        trainer.logger.finalize("success")  # testing closed the writer; the line above opened a new one
     metrics["final_train_acc"] = rows[-1].get("train_acc") if rows else None
     metrics["cuda_graph"] = module.uses_cuda_graph
     metrics["wall_time_s"] = time.perf_counter() - start

@@ -1,4 +1,5 @@
 import json
+import threading
 
 import pytest
 import torch
@@ -40,6 +41,20 @@ def test_test_accuracy_is_that_of_the_best_validation_checkpoint(make_cfg, tmp_p
     assert len(written["history"]) == 3 and written["final_train_acc"] == written["history"][-1]["train_acc"]
     checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == best["epoch"]
+
+
+def test_tensorboard_has_every_curve_and_the_final_hparams_when_train_returns(make_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics = train(make_cfg(*TINY, "trainer.max_epochs=2"))
+    open_writers = [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread" and t.is_alive()]
+    assert not open_writers  # all written and closed: nothing still being written into the folder
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    for curve in ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc"):
+        assert len(events.Scalars(curve)) == 2, curve  # one point per epoch
+    assert events.Scalars("val/acc")[-1].value == pytest.approx(metrics["history"][-1]["val_acc"])
+    assert events.Scalars("hp/test_acc")[0].value == pytest.approx(metrics["test_acc"])  # the HPARAMS tab's
 
 
 def test_used_by_command_creates_six_complete_job_folders(tmp_path):
