@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import traceback
+import warnings
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 from fashion_lenet.config import compose_job
 from fashion_lenet.data import FashionMNISTDataModule
 from fashion_lenet.models import LeNet5
+from fashion_lenet.module import LeNetModule
 from fashion_lenet.train_step import WARMUP_STEPS, TrainStep
 from train import train
 
@@ -101,3 +104,36 @@ def test_gpu_run_with_the_graph_follows_the_eager_run_over_epochs(tmp_path):
         assert [row[key] for row in graph["history"]] == pytest.approx([row[key] for row in eager["history"]], rel=1e-3)
     losses = [row["train_loss"] for row in graph["history"]]
     assert losses[0] > losses[1] > losses[2]  # still learning after each validation
+
+
+@cuda_only
+@pytest.mark.parametrize("deterministic", ["warn", "false"])
+def test_training_steps_after_the_capture_never_wait_for_the_gpu(tmp_path, monkeypatch, deterministic):
+    """No host sync from the step after the capture to the last step of the epoch, data fetching included.
+
+    A sync per step makes the host wait for each step's kernels instead of queueing the next ones. On failure
+    the message shows where the first sync came from (torch's sync debug mode reports them as warnings).
+    """
+    from tests.conftest import TINY
+
+    def watch_from_after_the_capture_to_the_last_step(module, outputs, batch, batch_idx):
+        last = batch_idx + 1 == module.trainer.num_training_batches
+        torch.cuda.set_sync_debug_mode("warn" if WARMUP_STEPS <= batch_idx and not last else "default")
+
+    def record(message, *_):
+        if "synchroniz" in str(message):
+            syncs.append("".join(traceback.format_stack(limit=14)[:-1]))
+
+    monkeypatch.setattr(LeNetModule, "on_train_batch_end", watch_from_after_the_capture_to_the_last_step)
+    common = [o for o in TINY if "accelerator" not in o and "limit_train" not in o]
+    overrides = [*common, "trainer.accelerator=gpu", "++trainer.limit_train_batches=30"]
+    syncs: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            metrics = train(compose_job([*overrides, f"trainer.deterministic={deterministic}"], tmp_path))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert metrics["cuda_graph"] is True
+    assert not syncs, f"{len(syncs)} host syncs in {30 - WARMUP_STEPS - 1} steps; the first from:\n{syncs[0]}"
