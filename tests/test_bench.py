@@ -12,3 +12,15 @@ def test_bench_smoke_run_reports_every_pipeline_and_the_ratio():
     assert all(len(epochs) == 2 for epochs in report["all_epochs"].values())
     ratio = report["seconds_per_epoch"]["naive"] / report["seconds_per_epoch"]["project"]
     assert abs(report["speedup_project_vs_naive"] - ratio) < 1e-9
+
+
+def test_profile_lists_the_operators_of_a_training_step(data_root):
+    import torch
+
+    from fashion_lenet.bench import plain_loop_profile
+
+    table = plain_loop_profile(5, torch.device("cpu"))
+    assert table.startswith("5 steps of the plain loop on cpu")
+    for operator in ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::max_pool2d_with_indices"):
+        assert operator in table  # the costliest three on a CPU
+    assert "Self CPU time total" in table

@@ -3,6 +3,7 @@
     python -m fashion_lenet.bench                # naive vs project vs plain-loop floor, on the available device
     python -m fashion_lenet.bench --sweep 4      # 4 one-epoch jobs: basic launcher vs joblib, wall seconds
     python -m fashion_lenet.bench --variant cuda_graph=false   # also time the project path with these overrides
+    python -m fashion_lenet.bench --profile 200  # where a plain-loop step's time goes, by operator
     python -m fashion_lenet.bench --json         # machine-readable
 
 The naive pipeline is what most users write: torchvision transforms on PIL images, a DataLoader, a
@@ -13,16 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision import transforms
@@ -112,22 +116,42 @@ def _resident_data_and_model(device: torch.device) -> tuple[torch.Tensor, torch.
     return images, labels, LeNet5().to(device)
 
 
-def plain_loop_epochs(epochs: int, device: torch.device, limit: int | None = None) -> list[float]:
-    """The floor without Lightning: resident tensors, fused Adam, nothing else."""
+def _plain_loop(device: torch.device) -> Callable[[int | None], None]:
+    """The floor without Lightning: resident tensors, fused Adam, nothing else. Returns run(steps)."""
     images, labels, net = _resident_data_and_model(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-    seconds = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        for batch in torch.randperm(len(labels), device=device).split(64)[:limit]:
+
+    def run(steps: int | None) -> None:  # one epoch's batches, or its first `steps`
+        for batch in torch.randperm(len(labels), device=device).split(64)[:steps]:
             loss = nn.functional.cross_entropy(net(images[batch]), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    return run
+
+
+def plain_loop_epochs(epochs: int, device: torch.device, limit: int | None = None) -> list[float]:
+    run, seconds = _plain_loop(device), []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        run(limit)
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def plain_loop_profile(steps: int, device: torch.device) -> str:
+    """torch.profiler's table for `steps` plain-loop steps: the operators (and on a GPU the kernels) that
+    take a training step's time, after a warm-up."""
+    run = _plain_loop(device)
+    run(20)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiled:
+        run(steps)
+    by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return f"{steps} steps of the plain loop on {device}\n" + profiled.key_averages().table(sort_by=by, row_limit=15)
 
 
 def cuda_graph_epochs(epochs: int) -> list[float]:
@@ -226,9 +250,15 @@ def main() -> None:
         metavar="OVERRIDES",
         help="also time the project path with these overrides, e.g. 'cuda_graph=false'",
     )
+    parser.add_argument("--profile", type=int, metavar="STEPS", help="profile STEPS plain-loop steps by operator")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     ensure_raw_files(DATA_ROOT)
+    if not torch.cuda.is_available():
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"  # every pipeline's Adam as train.py's on a CPU
+    if args.profile:
+        print(plain_loop_profile(args.profile, torch.device("cuda" if torch.cuda.is_available() else "cpu")))
+        return
     if args.batch_sizes:
         result = batch_size_benchmark([int(b) for b in args.batch_sizes.split(",")], args.epochs)
     elif args.sweep:
