@@ -33,7 +33,7 @@ $PY -m fashion_lenet.bench --json $BENCH_ARGS --variant cuda_graph=false --varia
 sweep() {
     local name=$1 n_jobs=$2 start
     shift 2
-    start=$($PY -c "import time; print(time.time())")
+    start=$(date +%s.%N)
     # shellcheck disable=SC2086
     $PY train.py -m experiment=seed_study seed=0 hydra/launcher=joblib hydra.launcher.n_jobs="$n_jobs" \
         callbacks.progress_bar.refresh_rate=0 hydra.sweep.dir=$OUT/$name "$@" $SWEEP_ARGS || status=1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from torchvision.datasets import FashionMNIST
 from fashion_lenet.config import PROJECT_ROOT, compose_job
 from fashion_lenet.data import MEAN, STD, FashionMNISTDataModule, ensure_raw_files, split_indices
 from fashion_lenet.models import LeNet5
+from fashion_lenet.module import skip_per_step_gpu_lookup
 
 DATA_ROOT = PROJECT_ROOT / "data"
 
@@ -254,10 +254,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     ensure_raw_files(DATA_ROOT)
-    if not torch.cuda.is_available():
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"  # every pipeline's Adam as train.py's on a CPU
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        skip_per_step_gpu_lookup()  # every pipeline's Adam as the project's on a CPU
     if args.profile:
-        print(plain_loop_profile(args.profile, torch.device("cuda" if torch.cuda.is_available() else "cpu")))
+        print(plain_loop_profile(args.profile, torch.device("cuda" if cuda else "cpu")))
         return
     if args.batch_sizes:
         result = batch_size_benchmark([int(b) for b in args.batch_sizes.split(",")], args.epochs)
