@@ -14,7 +14,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_lenet.errors import ConfigError
-from fashion_lenet.models import BN_IMPLS, NORM_CHOICES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
@@ -30,30 +29,38 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# (key, test, what is allowed). Keys missing from a config (e.g. momentum for Adam) are skipped.
-RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-    ("cuda_graph", lambda v: isinstance(v, bool), "true or false"),
-    ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),
-    ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
-    ("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("model.dropout_p", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("model.dropout_layers", lambda v: v in (0, 1, 2) and _integer(v), "0, 1 or 2"),
-    ("model.norm", lambda v: v in NORM_CHOICES, " or ".join(NORM_CHOICES)),
-    ("model.bn_impl", lambda v: v in BN_IMPLS, " or ".join(BN_IMPLS)),
-    ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
-    ("data.split_seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-    ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("trainer.accelerator", lambda v: v in ACCELERATORS, ", ".join(ACCELERATORS)),
-]
+def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
+    """(key, test, what is allowed). Keys missing from a config (e.g. momentum for Adam) are skipped.
+
+    A function: a sweep's launcher imports this module, and should not import torch (through models) with it.
+    """
+    from fashion_lenet.models import BN_IMPLS, NORM_CHOICES
+
+    return [
+        ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+        ("cuda_graph", lambda v: isinstance(v, bool), "true or false"),
+        ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),
+        ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+        ("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("model.dropout_p", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("model.dropout_layers", lambda v: v in (0, 1, 2) and _integer(v), "0, 1 or 2"),
+        ("model.norm", lambda v: v in NORM_CHOICES, " or ".join(NORM_CHOICES)),
+        ("model.bn_impl", lambda v: v in BN_IMPLS, " or ".join(BN_IMPLS)),
+        ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+        ("data.split_seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+        ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("trainer.accelerator", lambda v: v in ACCELERATORS, ", ".join(ACCELERATORS)),
+    ]
+
+
 _ABSENT = object()
 
 
 def validate(cfg: DictConfig, multirun: bool = False) -> None:
     """Raise ConfigError naming the first bad key, its value and what is allowed."""
-    for key, is_allowed, allowed in RULES:
+    for key, is_allowed, allowed in rules():
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not is_allowed(value):
             raise ConfigError(f"{key}={value!r} is not allowed: use {allowed}")
