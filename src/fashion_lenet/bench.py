@@ -71,9 +71,10 @@ class _NaiveModule(pl.LightningModule):
 
 
 def _torch_defaults() -> None:
-    """Undo the global flags a project run's Trainer left set (deterministic algorithms, cuDNN choices)."""
+    """Undo the global flags a project run left set (deterministic algorithms, cuDNN choices and precision)."""
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = False
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def naive_epochs(epochs: int, accelerator: str, limit: int | None = None) -> list[float]:
