@@ -48,6 +48,7 @@ def train(cfg: DictConfig) -> dict:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)

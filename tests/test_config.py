@@ -24,6 +24,7 @@ BAD_VALUES = [
     ("seed=-1", "seed=-1"),
     ("trainer.accelerator=tpux", "trainer.accelerator='tpux'"),
     ("model.norm=layer", "model.norm='layer'"),
+    ("matmul_precision=low", "matmul_precision='low'"),
 ]
 
 

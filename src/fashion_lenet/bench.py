@@ -71,10 +71,11 @@ class _NaiveModule(pl.LightningModule):
 
 
 def _torch_defaults() -> None:
-    """Undo the global flags a project run left set (deterministic algorithms, cuDNN choices and precision)."""
+    """Undo the global flags a project run left set (deterministic algorithms, cuDNN choices, precisions)."""
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = False
     torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("highest")
 
 
 def naive_epochs(epochs: int, accelerator: str, limit: int | None = None) -> list[float]:

@@ -19,6 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's choices
 
 
 def _number(value: Any) -> bool:
@@ -39,6 +40,7 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     return [
         ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
         ("cuda_graph", lambda v: isinstance(v, bool), "true or false"),
+        ("matmul_precision", lambda v: v in MATMUL_PRECISIONS, ", ".join(MATMUL_PRECISIONS)),
         ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),
         ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
         ("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
