@@ -3,8 +3,9 @@
 #   1. the CUDA-graph tests, including "no host sync per training step" with deterministic on and off;
 #   2. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
 #   3. import times: the launcher's (`import train`) and a worker's (train.py's imports plus Lightning's);
-#   4. the 12-job study with joblib, timed three ways: 12 at once (defaults), 12 at once without deterministic
-#      kernels, 6 at once; each with when its jobs started and ended, so start-up and training separate;
+#   4. the 12-job study with joblib, timed three ways: 12 at once (defaults), 6 at once, and 6 at once with the
+#      fastest settings measured per step (no deterministic kernels, TF32 matmuls); each with when its jobs
+#      started and ended, so start-up and training separate;
 #   5. the report of the first sweep.
 # Everything lands in reports/gpu_check/. Run by `make gpu-check`; PY=python3 scripts/gpu_check.sh where the
 # packages are installed without the project's .venv. A dry run on a CPU (tests skip, tiny jobs):
@@ -21,7 +22,7 @@ status=0
 $PY -m pytest -q tests/test_train_step.py 2>&1 | tee $OUT/tests.txt || status=1
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
 $PY -m fashion_lenet.bench --json $BENCH_ARGS --variant cuda_graph=false --variant trainer.deterministic=false \
-    --variant "trainer.deterministic=false ++trainer.benchmark=true" \
+    --variant "trainer.deterministic=false ++trainer.benchmark=true" --variant matmul_precision=high \
     --variant trainer.deterministic=warn | tee $OUT/bench.json || status=1  # the default again: any order effect?
 {
     TIMEFORMAT="launcher (python -c 'import train'): %R s"; time $PY -c "import train"
@@ -55,8 +56,8 @@ print(f"{label}: {time.time() - start:.1f} s wall; {len(logs)} jobs started at +
 EOF
 }
 sweep sweep 12
-sweep sweep_nondeterministic 12 trainer.deterministic=false
 sweep sweep_6_at_once 6
+sweep sweep_fast_6_at_once 6 trainer.deterministic=false matmul_precision=high
 
 $PY -m fashion_lenet.report $OUT/sweep --out $OUT/report || status=1
 exit $status
