@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole GPU check of docs/performance.md in one go (about 6 minutes on one H100/H200):
-#   1. the CUDA-graph tests, including "no host sync per training step" with deterministic on and off;
+# The whole GPU check of docs/performance.md in one go (about 7 minutes on one H100/H200):
+#   1. the CUDA-graph tests: "no host sync per training step" (deterministic on and off), runs that repeat;
 #   2. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
 #   3. import times: the launcher's (`import train`) and a worker's (train.py's imports plus Lightning's);
 #   4. the 12-job study with joblib, timed three ways: 12 at once (defaults), 6 at once, and 6 at once with the
