@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
 from fashion_lenet.config import compose_job
@@ -18,6 +19,13 @@ from fashion_lenet.train_step import WARMUP_STEPS, TrainStep
 from train import train
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")
+
+
+def _on_the_gpu(*overrides: str) -> list[str]:
+    """TINY's job on the GPU; `overrides` replace the TINY keys they name."""
+    named = {override.lstrip("+").split("=")[0] for override in overrides} | {"trainer.accelerator"}
+    kept = [override for override in TINY if override.lstrip("+").split("=")[0] not in named]
+    return [*kept, "trainer.accelerator=gpu", *overrides]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +63,6 @@ def test_totals_and_gradients_match_a_plain_backward(train_split):
 
 
 def test_training_counts_optimizer_steps_and_steps_the_scheduler_per_epoch(make_cfg, tmp_path):
-    from tests.conftest import TINY
-
     train(make_cfg(*TINY, "trainer.max_epochs=2", "scheduler=cosine"))
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 2 * 3  # 3 batches per epoch (TINY), one optimizer step each
@@ -92,11 +98,7 @@ def test_cuda_graph_replays_what_eager_steps_compute(train_split, variant):
 @cuda_only
 def test_gpu_run_with_the_graph_follows_the_eager_run_over_epochs(tmp_path):
     """Across epoch boundaries (validation, checkpoints, the scheduler) the graph keeps training the same way."""
-    from tests.conftest import TINY
-
-    common = [o for o in TINY if "accelerator" not in o and "limit_train" not in o and "max_epochs" not in o]
-    common += ["trainer.accelerator=gpu", "++trainer.limit_train_batches=30", "trainer.max_epochs=3"]
-    common += ["scheduler=cosine"]
+    common = _on_the_gpu("++trainer.limit_train_batches=30", "trainer.max_epochs=3", "scheduler=cosine")
     graph = train(compose_job(common, tmp_path / "graph"))
     eager = train(compose_job([*common, "cuda_graph=false"], tmp_path / "eager"))
     assert graph["cuda_graph"] is True and eager["cuda_graph"] is False
@@ -114,7 +116,6 @@ def test_training_steps_after_the_capture_never_wait_for_the_gpu(tmp_path, monke
     A sync per step makes the host wait for each step's kernels instead of queueing the next ones. On failure
     the message shows where the first sync came from (torch's sync debug mode reports them as warnings).
     """
-    from tests.conftest import TINY
 
     def watch_from_after_the_capture_to_the_last_step(module, outputs, batch, batch_idx):
         last = batch_idx + 1 == module.trainer.num_training_batches
@@ -125,8 +126,7 @@ def test_training_steps_after_the_capture_never_wait_for_the_gpu(tmp_path, monke
             syncs.append("".join(traceback.format_stack(limit=14)[:-1]))
 
     monkeypatch.setattr(LeNetModule, "on_train_batch_end", watch_from_after_the_capture_to_the_last_step)
-    common = [o for o in TINY if "accelerator" not in o and "limit_train" not in o]
-    overrides = [*common, "trainer.accelerator=gpu", "++trainer.limit_train_batches=30"]
+    overrides = _on_the_gpu("++trainer.limit_train_batches=30")
     syncs: list[str] = []
     try:
         with warnings.catch_warnings():
@@ -145,11 +145,8 @@ def test_training_steps_after_the_capture_never_wait_for_the_gpu(tmp_path, monke
 def test_same_config_and_seed_give_identical_numbers_on_the_gpu(tmp_path, model, cuda_graph):
     """Deterministic mode (the default) on a GPU: a second run computes the same numbers. The H200 sweeps of
     2026-11-27 repeated the baseline jobs exactly but not always the dropout jobs (docs/performance.md)."""
-    from tests.conftest import TINY
-
-    common = [o for o in TINY if "accelerator" not in o and "limit_train" not in o and "max_epochs" not in o]
-    overrides = [*common, "trainer.accelerator=gpu", "++trainer.limit_train_batches=200", "trainer.max_epochs=2",
-                 f"model={model}", f"cuda_graph={cuda_graph}"]  # fmt: skip
+    overrides = _on_the_gpu("++trainer.limit_train_batches=200", "trainer.max_epochs=2", f"model={model}",
+                            f"cuda_graph={cuda_graph}")  # fmt: skip
     runs = [train(compose_job(overrides, tmp_path / str(run))) for run in range(2)]
     keys = ("train_loss", "train_acc", "val_loss", "val_acc")
     first, second = ({key: [row[key] for row in run["history"]] for key in keys} for run in runs)
