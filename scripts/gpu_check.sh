@@ -1,28 +1,58 @@
 #!/usr/bin/env bash
-# The whole GPU check of docs/performance.md in one go (about 7 minutes on one H100/H200):
+# The whole GPU check of docs/performance.md in one go (about 8 minutes on one H100/H200):
 #   1. the CUDA-graph tests: "no host sync per training step" (deterministic on and off), runs that repeat;
-#   2. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
-#   3. import times: the launcher's (`import train`) and a worker's (train.py's imports plus Lightning's);
-#   4. the 12-job study with joblib, timed three ways: 12 at once (defaults), 6 at once, and 6 at once with the
-#      fastest settings measured per step (no deterministic kernels, TF32 matmuls); each with when its jobs
-#      started and ended, so start-up and training separate;
-#   5. the report of the first sweep.
+#   2. the same dropout run in 4 processes at once (CUDA graph), then in 2 (eager): do they repeat across
+#      processes, as the in-process test says they do within one?
+#   3. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
+#   4. import times: the launcher's (`import train`) and a worker's (train.py's imports plus Lightning's);
+#   5. the 12-job study with joblib, timed four ways: the defaults 12 at once (joblib's default on a 16-core
+#      machine) and 4 at once; the fastest settings measured per step (no deterministic kernels, TF32 matmuls)
+#      6 and 4 at once; each with when its jobs started and ended, so start-up and training separate;
+#   6. the report of the first sweep.
 # Everything lands in reports/gpu_check/. Run by `make gpu-check`; PY=python3 scripts/gpu_check.sh where the
 # packages are installed without the project's .venv. A dry run on a CPU (tests skip, tiny jobs):
 #   BENCH_ARGS="--epochs 2 --limit-batches 5" SWEEP_ARGS="trainer.max_epochs=1 ++trainer.limit_train_batches=2" \
-#     scripts/gpu_check.sh
+#     REPEAT_ARGS="trainer.max_epochs=1 ++trainer.limit_train_batches=2 threads=1" scripts/gpu_check.sh
 set -u -o pipefail
 PY=${PY:-.venv/bin/python}
 BENCH_ARGS=${BENCH_ARGS:---epochs 4}
 SWEEP_ARGS=${SWEEP_ARGS:-}
+REPEAT_ARGS=${REPEAT_ARGS:-trainer.max_epochs=2 ++trainer.limit_train_batches=200}
 OUT=reports/gpu_check
 rm -rf $OUT && mkdir -p $OUT
 status=0
 
 $PY -m pytest -q tests/test_train_step.py 2>&1 | tee $OUT/tests.txt || status=1
+
+# repeat NAME COPIES [OVERRIDES...]: the same dropout run in COPIES processes at once; are their numbers equal?
+repeat() {
+    local name=$1 copies=$2 i
+    shift 2
+    for i in $(seq "$copies"); do
+        # shellcheck disable=SC2086  # REPEAT_ARGS is a list of overrides
+        $PY train.py model=dropout callbacks.progress_bar.refresh_rate=0 hydra.run.dir=$OUT/$name/$i "$@" \
+            $REPEAT_ARGS >/dev/null 2>&1 &
+    done
+    wait
+    $PY - "$OUT/$name" "$copies" "$name${*:+ $*}" <<'EOF' | tee -a $OUT/repeat.txt || status=1
+import json, sys
+from pathlib import Path
+
+runs = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("*/metrics.json"))]
+if len(runs) < int(sys.argv[2]):
+    sys.exit(f"{sys.argv[3]}: only {len(runs)} of {sys.argv[2]} runs wrote metrics.json; see {sys.argv[1]}")
+curves = {str([(row["train_loss"], row["val_acc"]) for row in run["history"]]) for run in runs}
+verdict = "identical" if len(curves) == 1 else f"{len(curves)} DIFFERENT curves"
+print(f"{sys.argv[3]}: {len(runs)} processes at once, {verdict}; final val acc",
+      [run["history"][-1]["val_acc"] for run in runs])
+EOF
+}
+repeat repeat_graph 4
+repeat repeat_eager 2 cuda_graph=false
+
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-$PY -m fashion_lenet.bench --json $BENCH_ARGS --variant cuda_graph=false --variant trainer.deterministic=false \
-    --variant "trainer.deterministic=false ++trainer.benchmark=true" --variant matmul_precision=high \
+$PY -m fashion_lenet.bench --json $BENCH_ARGS --variant cuda_graph=false --variant matmul_precision=high \
+    --variant "trainer.deterministic=false matmul_precision=high" \
     --variant trainer.deterministic=warn | tee $OUT/bench.json || status=1  # the default again: any order effect?
 {
     TIMEFORMAT="launcher (python -c 'import train'): %R s"; time $PY -c "import train"
@@ -54,10 +84,12 @@ first, last = [stamp(lines[0]) for lines in logs], [stamp(lines[-1]) for lines i
 print(f"{label}: {time.time() - start:.1f} s wall; {len(logs)} jobs started at +{min(first):.1f} to "
       f"+{max(first):.1f} s, ended at +{min(last):.1f} to +{max(last):.1f} s")
 EOF
+    cp "$OUT/$name/summary.md" "$OUT/${name}_summary.md" 2>/dev/null  # $OUT's deep folders may not come back
 }
 sweep sweep 12
-sweep sweep_6_at_once 6
+sweep sweep_4_at_once 4
 sweep sweep_fast_6_at_once 6 trainer.deterministic=false matmul_precision=high
+sweep sweep_fast_4_at_once 4 trainer.deterministic=false matmul_precision=high
 
 $PY -m fashion_lenet.report $OUT/sweep --out $OUT/report || status=1
 exit $status
