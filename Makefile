@@ -38,7 +38,7 @@ test: install ## run the test suite (real data, tiny limits: about 5 minutes on 
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
 	$(PY) -m fashion_lenet.bench $(ARGS)
 
-gpu-check: install ## on a GPU machine: GPU tests, bench, import times, the 12-job study 3 ways (scripts/gpu_check.sh)
+gpu-check: install ## on a GPU machine: GPU tests, repeatability, bench, imports, the 12-job study 4 ways (scripts/gpu_check.sh)
 	PY=$(PY) scripts/gpu_check.sh
 
 study: install ## run the seed study (4 techniques x 3 lr x 3 seeds), then its report into results/seed_study
