@@ -95,6 +95,49 @@ def test_cuda_graph_replays_what_eager_steps_compute(train_split, variant):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
+class _GpuSleep(nn.Module):
+    """Holds the GPU for `cycles` clock cycles (0: not at all); a graph records it like any kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.cycles = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cycles:
+            torch.cuda._sleep(self.cycles)
+        return x
+
+
+@cuda_only
+def test_first_replay_draws_its_own_dropout_mask_when_the_capture_stream_lags(train_split, monkeypatch):
+    """Before recording, torch resets the graph's random offset on the capture stream. Here that reset is held
+    back (a GPU sleep queued just ahead of it, ~0.25 s) until the first replay has set its own offset but not yet
+    reached dropout (a sleep recorded at the start of the graph, ~0.75 s), as other processes on the GPU can
+    hold it back. The first replay must still draw the mask an eager step draws, not step 0's."""
+    capture_begin = torch.cuda.CUDAGraph.capture_begin
+
+    def capture_begin_behind_busy_work(graph, *args, **kwargs):
+        torch.cuda._sleep(500_000_000)  # on the capture stream, ahead of torch's reset
+        capture_begin(graph, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", capture_begin_behind_busy_work)
+    device = torch.device("cuda")
+    batches = _batches(train_split, device, [64] * (WARMUP_STEPS + 1))  # warm-up, then capture and replay
+    grads = []
+    for capture in (False, True):
+        torch.manual_seed(0)  # the same weights, and the CUDA generator back at offset 0
+        sleep = _GpuSleep()
+        net = nn.Sequential(sleep, LeNet5(dropout_layers=1)).to(device)
+        step = TrainStep(net, lambda loss: loss.backward(), device, capture)
+        for i, batch in enumerate(batches):
+            sleep.cycles = 1_500_000_000 if capture and i == WARMUP_STEPS else 0
+            step(*batch)
+        assert (step.graph is not None) == capture
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for eager, replayed in zip(*grads, strict=True):  # no optimizer: each step's gradients show its mask
+        torch.testing.assert_close(replayed, eager, rtol=1e-4, atol=1e-5)
+
+
 @cuda_only
 def test_gpu_run_with_the_graph_follows_the_eager_run_over_epochs(tmp_path):
     """Across epoch boundaries (validation, checkpoints, the scheduler) the graph keeps training the same way."""

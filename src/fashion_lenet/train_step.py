@@ -75,6 +75,11 @@ class TrainStep:
         self.static_batch = (images.clone(), labels.clone())
         self.net.zero_grad(set_to_none=True)  # the graph allocates the gradients it will rewrite on each replay
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        capture_stream = torch.cuda.Stream()
+        with torch.cuda.graph(self.graph, stream=capture_stream):
             self._forward_backward(*self.static_batch)
+        # Before recording, torch resets the graph's random-number offset (dropout's) on the capture stream; each
+        # replay sets it on this stream. Unordered, a reset delayed by other processes on the GPU can overwrite
+        # the first replay's offset, which then repeats step 0's dropout mask (tests/test_train_step.py).
+        torch.cuda.current_stream().wait_stream(capture_stream)
         self.graph_grads = [(p, p.grad) for p in self.net.parameters() if p.grad is not None]
