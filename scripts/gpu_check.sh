@@ -6,8 +6,9 @@
 #   3. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
 #   4. import times: the launcher's (`import train`) and a worker's (train.py's imports plus Lightning's);
 #   5. the 12-job study with joblib, timed four ways: the defaults 12 at once (joblib's default on a 16-core
-#      machine) and 4 at once; the fastest settings measured per step (no deterministic kernels, TF32 matmuls)
-#      6 and 4 at once; each with when its jobs started and ended, so start-up and training separate;
+#      machine); 4 at once with the defaults, with TF32 matmuls, and with the fastest settings measured per step
+#      (no deterministic kernels, TF32 matmuls); each with when its jobs started and ended, so start-up and
+#      training separate;
 #   6. the report of the first sweep.
 # Everything lands in reports/gpu_check/. Run by `make gpu-check`; PY=python3 scripts/gpu_check.sh where the
 # packages are installed without the project's .venv. A dry run on a CPU (tests skip, tiny jobs):
@@ -88,7 +89,7 @@ EOF
 }
 sweep sweep 12
 sweep sweep_4_at_once 4
-sweep sweep_fast_6_at_once 6 trainer.deterministic=false matmul_precision=high
+sweep sweep_tf32_4_at_once 4 matmul_precision=high
 sweep sweep_fast_4_at_once 4 trainer.deterministic=false matmul_precision=high
 
 $PY -m fashion_lenet.report $OUT/sweep --out $OUT/report || status=1
