@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check of docs/performance.md in one go (about 8 minutes on one H100/H200):
-#   1. the CUDA-graph tests: "no host sync per training step" (deterministic on and off), runs that repeat;
+#   1. the CUDA-graph tests: "no host sync per training step" (deterministic on and off), runs that repeat,
+#      the first replay's dropout mask with a lagging capture stream (and that test against a TrainStep
+#      without the fix, where it must fail);
 #   2. the same dropout run in 4 processes at once (CUDA graph), then in 2 (eager): do they repeat across
 #      processes, as the in-process test says they do within one?
 #   3. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
@@ -24,6 +26,23 @@ rm -rf $OUT && mkdir -p $OUT
 status=0
 
 $PY -m pytest -q tests/test_train_step.py 2>&1 | tee $OUT/tests.txt || status=1
+# The lag test must fail against a TrainStep without the wait after capture, or it does not force the race.
+sed '/wait_stream(capture_stream)/d' src/fashion_lenet/train_step.py > $OUT/train_step_without_the_wait.py
+$PY - "$OUT/train_step_without_the_wait.py" <<'EOF' 2>&1 | tail -4 | tee $OUT/lag_test_without_the_wait.txt || status=1
+import importlib.util, sys
+import pytest, torch
+
+spec = importlib.util.spec_from_file_location("fashion_lenet.train_step", sys.argv[1])
+sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+code = pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_train_step.py", "-k", "capture_stream_lags"])
+if not torch.cuda.is_available():
+    print("lag test without the wait: skipped (no GPU)")
+elif code == pytest.ExitCode.TESTS_FAILED:
+    print("lag test without the wait: failed, as it must")
+else:
+    sys.exit(f"lag test without the wait: exit code {code}; it should have failed")
+EOF
 
 # repeat NAME COPIES [OVERRIDES...]: the same dropout run in COPIES processes at once; are their numbers equal?
 repeat() {
