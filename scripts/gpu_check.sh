@@ -10,7 +10,7 @@
 #   5. the 12-job study with joblib, timed four ways: the defaults 12 at once (joblib's default on a 16-core
 #      machine); 4 at once with the defaults, with TF32 matmuls, and with the fastest settings measured per step
 #      (no deterministic kernels, TF32 matmuls); each with when its jobs started and ended, so start-up and
-#      training separate;
+#      training separate; the first two (same deterministic jobs) must give every job the same curves;
 #   6. the report of the first sweep.
 # Everything lands in reports/gpu_check/. Run by `make gpu-check`; PY=python3 scripts/gpu_check.sh where the
 # packages are installed without the project's .venv. A dry run on a CPU (tests skip, tiny jobs):
@@ -110,6 +110,24 @@ sweep sweep 12
 sweep sweep_4_at_once 4
 sweep sweep_tf32_4_at_once 4 matmul_precision=high
 sweep sweep_fast_4_at_once 4 trainer.deterministic=false matmul_precision=high
+# The first two sweeps ran the same deterministic jobs, 12 and 4 at once: every job's curves must be equal.
+$PY - $OUT/sweep $OUT/sweep_4_at_once <<'EOF' | tee -a $OUT/repeat.txt || status=1
+import json, sys
+from pathlib import Path
+
+KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")  # not the rows' timings
+
+def curves(sweep):
+    runs = {p.parent.name: json.loads(p.read_text()) for p in Path(sweep).glob("*/metrics.json")}
+    return {job: (run["technique"], run["lr"], [[row.get(k) for k in KEYS] for row in run["history"]])
+            for job, run in runs.items()}
+
+first, second = curves(sys.argv[1]), curves(sys.argv[2])
+moved = sorted(job for job in first if first[job] != second.get(job))
+print(f"defaults, 12 vs 4 at once: {len(first) - len(moved)} of {len(first)} jobs identical"
+      + "".join(f"; job {job} ({first[job][0]}, lr {first[job][1]}) differs" for job in moved))
+sys.exit(bool(moved) or not first)
+EOF
 
 $PY -m fashion_lenet.report $OUT/sweep --out $OUT/report || status=1
 exit $status
