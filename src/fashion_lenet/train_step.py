@@ -41,16 +41,12 @@ class TrainStep:
             self.static_batch[0].copy_(images)
             self.static_batch[1].copy_(labels)
             self.graph.replay()
-        elif self.capture and self.graph is None and self.warmup_steps_done >= WARMUP_STEPS:
-            self._capture(images, labels)
-            self.graph.replay()  # capturing records the work without doing it
         elif self.capture and self.graph is None:
-            side = torch.cuda.Stream()  # warm-up on a side stream, as CUDA graph capture requires
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._forward_backward(images, labels)
-            torch.cuda.current_stream().wait_stream(side)
-            self.warmup_steps_done += 1
+            if self.warmup_steps_done < WARMUP_STEPS:
+                self._warm_up(images, labels)
+            else:
+                self._capture(images, labels)
+                self.graph.replay()  # capturing records the work without doing it
         else:
             self._forward_backward(images, labels)
 
@@ -70,6 +66,14 @@ class TrainStep:
             self.totals[0] += losses.sum()
             self.totals[1] += (logits.argmax(dim=1) == labels).sum()
             self.totals[2] += len(labels)
+
+    def _warm_up(self, images: Tensor, labels: Tensor) -> None:
+        side = torch.cuda.Stream()  # on a side stream, as CUDA graph capture requires
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._forward_backward(images, labels)
+        torch.cuda.current_stream().wait_stream(side)
+        self.warmup_steps_done += 1
 
     def _capture(self, images: Tensor, labels: Tensor) -> None:
         self.static_batch = (images.clone(), labels.clone())
