@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The whole GPU check of docs/performance.md in one go (about 8 minutes on one H100/H200):
+# The whole GPU check of docs/performance.md in one go (about 8 minutes on one H100/H200), most decisive first,
+# so that a run cut short by a time limit has already measured what matters most:
 #   1. the CUDA-graph tests: "no host sync per training step" (deterministic on and off), runs that repeat,
 #      the first replay's dropout mask with a lagging capture stream (and that test against a TrainStep
 #      without the fix, where it must fail);
-#   2. the same dropout run in 4 processes at once (CUDA graph), then in 2 (eager): do they repeat across
+#   2. the 12-job study with joblib, timed four ways: the defaults 12 at once (joblib's default on a 16-core
+#      machine); 4 at once with the defaults, with the fastest settings measured per step (no deterministic
+#      kernels, TF32 matmuls), and with TF32 matmuls alone; each with when its jobs started and ended, so
+#      start-up and training separate; the two default sweeps (same deterministic jobs) must give every job the
+#      same curves;
+#   3. the same dropout run in 4 processes at once (CUDA graph), then in 2 (eager): do they repeat across
 #      processes, as the in-process test says they do within one?
-#   3. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
 #   4. import times: the launcher's (`import train`) and a worker's (train.py's imports plus Lightning's);
-#   5. the 12-job study with joblib, timed four ways: the defaults 12 at once (joblib's default on a 16-core
-#      machine); 4 at once with the defaults, with TF32 matmuls, and with the fastest settings measured per step
-#      (no deterministic kernels, TF32 matmuls); each with when its jobs started and ended, so start-up and
-#      training separate; the first two (same deterministic jobs) must give every job the same curves;
+#   5. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
 #   6. the report of the first sweep.
 # Everything lands in reports/gpu_check/. Run by `make gpu-check`; PY=python3 scripts/gpu_check.sh where the
 # packages are installed without the project's .venv. A dry run on a CPU (tests skip, tiny jobs):
@@ -67,18 +69,6 @@ print(f"{sys.argv[3]}: {len(runs)} processes at once, {verdict}; final val acc",
       [run["history"][-1]["val_acc"] for run in runs])
 EOF
 }
-repeat repeat_graph 4
-repeat repeat_eager 2 cuda_graph=false
-
-# shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-$PY -m fashion_lenet.bench --json $BENCH_ARGS --variant cuda_graph=false --variant matmul_precision=high \
-    --variant "trainer.deterministic=false matmul_precision=high" \
-    --variant trainer.deterministic=warn | tee $OUT/bench.json || status=1  # the default again: any order effect?
-{
-    TIMEFORMAT="launcher (python -c 'import train'): %R s"; time $PY -c "import train"
-    TIMEFORMAT="worker (train.py's imports + Lightning, torchmetrics, the module): %R s"
-    time $PY -c "import train, lightning.pytorch, fashion_lenet.module, fashion_lenet.callbacks"
-} 2>&1 | tee $OUT/import_time.txt
 
 # sweep NAME N_JOBS [OVERRIDES...]: the 12-job study into $OUT/NAME, its timeline appended to sweep_wall.txt
 sweep() {
@@ -108,9 +98,7 @@ EOF
 }
 sweep sweep 12
 sweep sweep_4_at_once 4
-sweep sweep_tf32_4_at_once 4 matmul_precision=high
-sweep sweep_fast_4_at_once 4 trainer.deterministic=false matmul_precision=high
-# The first two sweeps ran the same deterministic jobs, 12 and 4 at once: every job's curves must be equal.
+# The two sweeps above ran the same deterministic jobs, 12 and 4 at once: every job's curves must be equal.
 $PY - $OUT/sweep $OUT/sweep_4_at_once <<'EOF' | tee -a $OUT/repeat.txt || status=1
 import json, sys
 from pathlib import Path
@@ -128,6 +116,20 @@ print(f"defaults, 12 vs 4 at once: {len(first) - len(moved)} of {len(first)} job
       + "".join(f"; job {job} ({first[job][0]}, lr {first[job][1]}) differs" for job in moved))
 sys.exit(bool(moved) or not first)
 EOF
+sweep sweep_fast_4_at_once 4 trainer.deterministic=false matmul_precision=high
+sweep sweep_tf32_4_at_once 4 matmul_precision=high
+repeat repeat_graph 4
+repeat repeat_eager 2 cuda_graph=false
+
+{
+    TIMEFORMAT="launcher (python -c 'import train'): %R s"; time $PY -c "import train"
+    TIMEFORMAT="worker (train.py's imports + Lightning, torchmetrics, the module): %R s"
+    time $PY -c "import train, lightning.pytorch, fashion_lenet.module, fashion_lenet.callbacks"
+} 2>&1 | tee $OUT/import_time.txt
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
+$PY -m fashion_lenet.bench --json $BENCH_ARGS --variant cuda_graph=false --variant matmul_precision=high \
+    --variant "trainer.deterministic=false matmul_precision=high" \
+    --variant trainer.deterministic=warn | tee $OUT/bench.json || status=1  # the default again: any order effect?
 
 $PY -m fashion_lenet.report $OUT/sweep --out $OUT/report || status=1
 exit $status
