@@ -10,6 +10,7 @@ import atexit
 import gc
 import logging
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +64,10 @@ def train(cfg: DictConfig) -> dict:
     hparams = job_hparams(cfg, hydra_cfg)
     metrics = hparams | {"device": device_name(trainer), "versions": library_versions(), "started_at": started_at}
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        with warnings.catch_warnings():
+            if cfg.ckpt_path:  # resuming: the run's folder holds its own checkpoints, nothing to warn about
+                warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except SystemExit as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit, after saving last.ckpt
         write_json_atomic(output_dir / METRICS_FILE, metrics | {"status": "interrupted", "history": history.history})
         log.warning("interrupted; resume with: python train.py hydra.run.dir=%s ckpt_path=last", output_dir)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -65,8 +66,11 @@ def test_resumed_run_ends_exactly_like_the_uninterrupted_one(make_cfg, tmp_path)
     resumed_dir.mkdir()
     first = train(compose_job([*common, "trainer.max_epochs=1"], resumed_dir))
     assert len(first["history"]) == 1
-    resumed = train(compose_job([*common, "trainer.max_epochs=3", "ckpt_path=last"], resumed_dir))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train(compose_job([*common, "trainer.max_epochs=3", "ckpt_path=last"], resumed_dir))
     assert _numbers(resumed) == _numbers(straight)
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # its own checkpoints are no news
 
 
 def test_last_checkpoint_is_the_last_epoch_even_when_validation_did_not_improve(make_cfg, tmp_path):
