@@ -150,7 +150,7 @@ def log_summary(metrics: dict, output_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns the best validation accuracy for sweepers; a diverged run fails like any job without a result."""
-    freeze_objects_at_exit()  # here too: a launcher's worker processes run main() but not the script
+    freeze_objects_at_exit()  # here, not under __main__: a launcher's worker processes run main() only
     metrics = train(cfg)
     if metrics["status"] == "diverged":
         epoch = len(metrics["history"]) - 1
@@ -165,5 +165,4 @@ def freeze_objects_at_exit() -> None:
 
 
 if __name__ == "__main__":
-    freeze_objects_at_exit()
     main()
