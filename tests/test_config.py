@@ -25,6 +25,12 @@ BAD_VALUES = [
     ("trainer.accelerator=tpux", "trainer.accelerator='tpux'"),
     ("model.norm=layer", "model.norm='layer'"),
     ("matmul_precision=low", "matmul_precision='low'"),
+    ("threads=0", "threads=0"),
+    ("threads=1.5", "threads=1.5"),
+    ("data.augment=maybe", "data.augment='maybe'"),
+    ("data.max_shift=-1", "data.max_shift=-1"),
+    ("data.max_shift=28", "data.max_shift=28"),
+    ("ckpt_path=no/such/run/last.ckpt", "ckpt_path='no/such/run/last.ckpt'"),
 ]
 
 

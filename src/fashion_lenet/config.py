@@ -30,6 +30,11 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _checkpoint(value: Any) -> bool:
+    """What Lightning's `ckpt_path` takes for fit: its keywords, a URL (fsspec), or a file that exists."""
+    return value is None or value in ("last", "hpc") or "://" in str(value) or Path(str(value)).is_file()
+
+
 def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     """(key, test, what is allowed). Keys missing from a config (e.g. momentum for Adam) are skipped.
 
@@ -39,6 +44,8 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
 
     return [
         ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+        ("threads", lambda v: v is None or (_integer(v) and v >= 1), "null (torch's default) or an integer >= 1"),
+        ("ckpt_path", _checkpoint, "null, last, hpc, or the path of an existing checkpoint file"),
         ("cuda_graph", lambda v: isinstance(v, bool), "true or false"),
         ("matmul_precision", lambda v: v in MATMUL_PRECISIONS, ", ".join(MATMUL_PRECISIONS)),
         ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),
@@ -52,6 +59,10 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
         ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
         ("data.split_seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+        ("data.shuffle_seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+        ("data.augment", lambda v: isinstance(v, bool), "true or false"),
+        # a shift of the whole image size (28) or more can move every pixel out of the picture
+        ("data.max_shift", lambda v: _integer(v) and 0 <= v < 28, "an integer from 0 to 27 (pixels)"),
         ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
         ("trainer.accelerator", lambda v: v in ACCELERATORS, ", ".join(ACCELERATORS)),
     ]
