@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from conftest import TINY, run_cli
 
 from train import train
@@ -16,10 +17,18 @@ def test_evaluate_cli_reproduces_the_recorded_test_accuracy(make_cfg, tmp_path):
     assert (tmp_path / "eval" / f"confusion_matrix_{metrics['best_checkpoint'].rsplit('/', 1)[1][:-5]}.png").is_file()
 
 
-def test_evaluate_cli_names_a_missing_checkpoint(tmp_path):
-    result = run_cli("-m", "fashion_lenet.evaluate", str(tmp_path / "nope.ckpt"))
-    assert (
-        result.returncode != 0
-        and result.stderr.strip()
-        == f"error: {tmp_path / 'nope.ckpt'} does not exist: give a .ckpt file from a run's checkpoints/ folder"
-    )
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "does not exist"),
+        (b"", "is not a checkpoint of this project (EOFError)"),
+        (b"# notes, not weights\n", "is not a checkpoint of this project (UnpicklingError)"),
+    ],
+)
+def test_evaluate_cli_refuses_a_missing_or_unreadable_checkpoint_in_one_line(tmp_path, content, problem):
+    checkpoint = tmp_path / "run.ckpt"
+    if content is not None:
+        checkpoint.write_bytes(content)
+    result = run_cli("-m", "fashion_lenet.evaluate", str(checkpoint))
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"error: {checkpoint} {problem}: give a .ckpt file from a run's checkpoints/ folder"

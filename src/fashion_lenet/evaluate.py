@@ -9,6 +9,7 @@ Prints test accuracy and per-class accuracy, and writes a confusion-matrix PNG.
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
 
@@ -24,7 +25,14 @@ from fashion_lenet.plots import confusion_matrix_figure, save
 def evaluate(checkpoint: Path, data_root: Path, out: Path, accelerator: str = "auto") -> dict:
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint} does not exist: give a .ckpt file from a run's checkpoints/ folder")
-    module = LeNetModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    try:
+        module = LeNetModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, KeyError, TypeError) as error:
+        # torch's and Lightning's messages for these run to many lines; the kind of failure is enough here
+        raise UserError(
+            f"{checkpoint} is not a checkpoint of this project ({type(error).__name__}): "
+            "give a .ckpt file from a run's checkpoints/ folder"
+        ) from error
     datamodule = FashionMNISTDataModule(str(data_root))
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_model_summary=False,
                          enable_progress_bar=False)  # fmt: skip
