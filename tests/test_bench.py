@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from conftest import run_cli
 
 
@@ -24,3 +25,17 @@ def test_profile_lists_the_operators_of_a_training_step(data_root):
     for operator in ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::max_pool2d_with_indices"):
         assert operator in table  # the costliest three on a CPU
     assert "Self CPU time total" in table
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--epochs", "0"], "argument --epochs: '0' is not an integer >= 1"),
+        (["--batch-sizes", "64,abc"], "argument --batch-sizes: 'abc' is not an integer >= 1"),
+        (["--variant", "optim.lr=-1"], "--variant 'optim.lr=-1': optim.lr=-1 is not allowed: use a number > 0"),
+    ],
+)
+def test_bad_bench_argument_stops_before_any_timing_with_one_error_line(args, error):
+    result = run_cli("-m", "fashion_lenet.bench", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == f"bench.py: error: {error}"

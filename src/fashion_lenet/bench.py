@@ -24,6 +24,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from hydra.errors import HydraException
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, Subset
@@ -31,8 +32,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
-from fashion_lenet.config import PROJECT_ROOT, compose_job
+from fashion_lenet.config import PROJECT_ROOT, compose_job, validate
 from fashion_lenet.data import MEAN, STD, FashionMNISTDataModule, ensure_raw_files, split_indices
+from fashion_lenet.errors import UserError
 from fashion_lenet.models import LeNet5
 from fashion_lenet.module import skip_per_step_gpu_lookup
 
@@ -239,12 +241,24 @@ def batch_size_benchmark(batch_sizes: list[int], epochs: int) -> dict:
     return {"seconds_per_epoch": {size: typical(project_epochs(epochs, accelerator, size)) for size in batch_sizes}}
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return int(text)
+
+
+def _counts(text: str) -> list[int]:
+    """argparse type: integers >= 1, separated by commas."""
+    return [_count(part) for part in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per pipeline (the first is warm-up)")
-    parser.add_argument("--sweep", type=int, metavar="N", help="time N one-epoch jobs: basic vs joblib launcher")
-    parser.add_argument("--batch-sizes", metavar="B,B,...", help="time the project's epoch at these batch sizes")
-    parser.add_argument("--limit-batches", type=int, help="train only this many batches per epoch (smoke runs)")
+    parser.add_argument("--epochs", type=_count, default=3, help="epochs per pipeline (the first is warm-up)")
+    parser.add_argument("--sweep", type=_count, metavar="N", help="time N one-epoch jobs: basic vs joblib launcher")
+    parser.add_argument("--batch-sizes", type=_counts, metavar="B,B,...", help="time the project's epoch at these")
+    parser.add_argument("--limit-batches", type=_count, help="train only this many batches per epoch (smoke runs)")
     parser.add_argument(
         "--variant",
         action="append",
@@ -252,9 +266,22 @@ def main() -> None:
         metavar="OVERRIDES",
         help="also time the project path with these overrides, e.g. 'cuda_graph=false'",
     )
-    parser.add_argument("--profile", type=int, metavar="STEPS", help="profile STEPS plain-loop steps by operator")
+    parser.add_argument("--profile", type=_count, metavar="STEPS", help="profile STEPS plain-loop steps by operator")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
+    for variant in args.variant:  # a bad override stops the bench here, not after minutes of timing
+        try:
+            validate(compose_job(variant.split(), Path(tempfile.gettempdir())))
+        except HydraException as error:
+            message = str(error).partition("\nConfig search path")[0]  # Hydra's search path: not the user's concern
+            parser.error(f"--variant {variant!r}: {message}")
+    try:
+        run(args)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+
+
+def run(args: argparse.Namespace) -> None:
     ensure_raw_files(DATA_ROOT)
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -263,7 +290,7 @@ def main() -> None:
         print(plain_loop_profile(args.profile, torch.device("cuda" if cuda else "cpu")))
         return
     if args.batch_sizes:
-        result = batch_size_benchmark([int(b) for b in args.batch_sizes.split(",")], args.epochs)
+        result = batch_size_benchmark(args.batch_sizes, args.epochs)
     elif args.sweep:
         result = sweep_benchmark(args.sweep)
     else:
