@@ -83,3 +83,11 @@ def test_report_of_an_empty_folder_is_a_clear_error(tmp_path):
 
     with pytest.raises(UserError, match="no job folders"):
         build_report([tmp_path], tmp_path / "out")
+
+
+def test_missing_notes_file_is_refused_before_anything_is_written(sweep, tmp_path):
+    from fashion_lenet.errors import UserError
+
+    with pytest.raises(UserError, match=r"^--notes \S+missing.md is not a file"):
+        build_report([sweep], tmp_path / "out", notes=tmp_path / "missing.md")
+    assert not (tmp_path / "out").exists()

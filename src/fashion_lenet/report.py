@@ -214,6 +214,8 @@ def sweep_wall_time(jobs: list[Job]) -> str:
 
 
 def build_report(sweep_dirs: list[Path], out: Path, notes: Path | None = None) -> str:
+    if notes and not notes.is_file():  # checked first: a report without its notes must not be half written
+        raise UserError(f"--notes {notes} is not a file: give the markdown file to append to the report")
     jobs = load_jobs(sweep_dirs)
     best, all_groups = best_groups(jobs)
     if not best:
