@@ -68,3 +68,12 @@ def test_cli_prints_one_line_error_and_exits_nonzero(tmp_path):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 4
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "optim.lr=-1" in metrics["error"]
+
+
+def test_sweep_with_one_bad_value_stops_before_any_job_starts(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("train.py", "-m", "optim.lr=1e-3,-1", *TINY, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode != 0
+    assert result.stderr.startswith("optim.lr=-1 is not allowed: use a number > 0 (job: optim.lr=-1 "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(sweep_dir.glob("*/.hydra")), "the good job 0 must not have started either"
