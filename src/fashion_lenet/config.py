@@ -30,6 +30,13 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _integer_from(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _integer(v) and v >= low), f"an integer >= {low}"
+
+
+_BOOLEAN = (lambda v: isinstance(v, bool), "true or false")
+
+
 def _checkpoint(value: Any) -> bool:
     """What Lightning's `ckpt_path` takes for fit: its keywords, a URL (fsspec), or a file that exists."""
     return value is None or value in ("last", "hpc") or "://" in str(value) or Path(str(value)).is_file()
@@ -43,10 +50,10 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     from fashion_lenet.models import BN_IMPLS, NORM_CHOICES
 
     return [
-        ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+        ("seed", *_integer_from(0)),
         ("threads", lambda v: v is None or (_integer(v) and v >= 1), "null (torch's default) or an integer >= 1"),
         ("ckpt_path", _checkpoint, "null, last, hpc, or the path of an existing checkpoint file"),
-        ("cuda_graph", lambda v: isinstance(v, bool), "true or false"),
+        ("cuda_graph", *_BOOLEAN),
         ("matmul_precision", lambda v: v in MATMUL_PRECISIONS, ", ".join(MATMUL_PRECISIONS)),
         ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),
         ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
@@ -55,15 +62,15 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("model.dropout_layers", lambda v: v in (0, 1, 2) and _integer(v), "0, 1 or 2"),
         ("model.norm", lambda v: v in NORM_CHOICES, " or ".join(NORM_CHOICES)),
         ("model.bn_impl", lambda v: v in BN_IMPLS, " or ".join(BN_IMPLS)),
-        ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-        ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("data.batch_size", *_integer_from(1)),
+        ("data.eval_batch_size", *_integer_from(1)),
         ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
-        ("data.split_seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-        ("data.shuffle_seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-        ("data.augment", lambda v: isinstance(v, bool), "true or false"),
+        ("data.split_seed", *_integer_from(0)),
+        ("data.shuffle_seed", *_integer_from(0)),
+        ("data.augment", *_BOOLEAN),
         # a shift of the whole image size (28) or more can move every pixel out of the picture
         ("data.max_shift", lambda v: _integer(v) and 0 <= v < 28, "an integer from 0 to 27 (pixels)"),
-        ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("trainer.max_epochs", *_integer_from(1)),
         ("trainer.accelerator", lambda v: v in ACCELERATORS, ", ".join(ACCELERATORS)),
     ]
 
