@@ -5,10 +5,10 @@
 #      the first replay's dropout mask with a lagging capture stream (and that test against a TrainStep
 #      without the fix, where it must fail);
 #   2. the 12-job study with joblib, timed four ways: the defaults 12 at once (joblib's default on a 16-core
-#      machine); 4 at once with the defaults, with the fastest settings measured per step (no deterministic
-#      kernels, TF32 matmuls), and with TF32 matmuls alone; each with when its jobs started and ended, so
-#      start-up and training separate; the two default sweeps (same deterministic jobs) must give every job the
-#      same curves;
+#      machine) and 4 at once; the fastest settings (no deterministic kernels, TF32 matmuls) 6 at once, the
+#      recipe of docs/performance.md; TF32 matmuls alone 4 at once; each with when its jobs started and ended,
+#      so start-up and training separate; the two default sweeps (same deterministic jobs) must give every job
+#      the same curves;
 #   3. the same dropout run in 4 processes at once (CUDA graph), then in 2 (eager): do they repeat across
 #      processes, as the in-process test says they do within one?
 #   4. import times: the launcher's (`import train`) and a worker's (train.py's imports plus Lightning's);
@@ -116,7 +116,7 @@ print(f"defaults, 12 vs 4 at once: {len(first) - len(moved)} of {len(first)} job
       + "".join(f"; job {job} ({first[job][0]}, lr {first[job][1]}) differs" for job in moved))
 sys.exit(bool(moved) or not first)
 EOF
-sweep sweep_fast_4_at_once 4 trainer.deterministic=false matmul_precision=high
+sweep sweep_fast_6_at_once 6 trainer.deterministic=false matmul_precision=high
 sweep sweep_tf32_4_at_once 4 matmul_precision=high
 repeat repeat_graph 4
 repeat repeat_eager 2 cuda_graph=false
