@@ -35,6 +35,7 @@ def _integer_from(low: int) -> tuple[Callable[[Any], bool], str]:
 
 
 _BOOLEAN = (lambda v: isinstance(v, bool), "true or false")
+_BELOW_ONE = (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
 
 
 def _checkpoint(value: Any) -> bool:
@@ -57,8 +58,8 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("matmul_precision", lambda v: v in MATMUL_PRECISIONS, ", ".join(MATMUL_PRECISIONS)),
         ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),
         ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
-        ("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-        ("model.dropout_p", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("optim.momentum", *_BELOW_ONE),
+        ("model.dropout_p", *_BELOW_ONE),
         ("model.dropout_layers", lambda v: v in (0, 1, 2) and _integer(v), "0, 1 or 2"),
         ("model.norm", lambda v: v in NORM_CHOICES, " or ".join(NORM_CHOICES)),
         ("model.bn_impl", lambda v: v in BN_IMPLS, " or ".join(BN_IMPLS)),
