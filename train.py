@@ -23,7 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from fashion_lenet.config import validate
 from fashion_lenet.errors import DivergedError
-from fashion_lenet.results import METRICS_FILE, library_versions, write_json_atomic
+from fashion_lenet.results import (
+    METRICS_FILE,
+    best_checkpoint_results,
+    device_name,
+    job_hparams,
+    library_versions,
+    log_summary,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -61,8 +69,9 @@ def train(cfg: DictConfig) -> dict:
 
     start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     history = next(c for c in callbacks if isinstance(c, EpochHistory))
-    hparams = job_hparams(cfg, hydra_cfg)
-    metrics = hparams | {"device": device_name(trainer), "versions": library_versions(), "started_at": started_at}
+    hparams = job_hparams(cfg, hydra_cfg.runtime.choices)
+    device = device_name(trainer.strategy.root_device)
+    metrics = hparams | {"device": device, "versions": library_versions(), "started_at": started_at}
     try:
         with warnings.catch_warnings():
             if cfg.ckpt_path:  # resuming: the run's folder holds its own checkpoints, nothing to warn about
@@ -93,58 +102,11 @@ def train(cfg: DictConfig) -> dict:
 
 def evaluate_best_checkpoint(trainer: pl.Trainer, module: LeNetModule, datamodule, history: list[dict]) -> dict:
     """Test the checkpoint with the best validation accuracy, once, on the official test set."""
-    from fashion_lenet.data import CLASSES
-
     best = trainer.checkpoint_callback.best_model_path  # the monitored callback; last.ckpt has its own
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    confusion = module.confusion.compute().cpu()
-    return {
-        "best_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
-        "best_val_acc": float(trainer.checkpoint_callback.best_model_score),
-        "test_acc": tested["test_best/acc"],
-        "test_loss": tested["test_best/loss"],
-        "per_class_test_acc": dict(zip(CLASSES, (confusion.diag() / confusion.sum(1)).tolist(), strict=True)),
-        "confusion_matrix": confusion.tolist(),
-        "best_checkpoint": best,
-    }
-
-
-def job_hparams(cfg: DictConfig, hydra_cfg) -> dict:
-    """What was trained, with which hyperparameters: metrics.json's keys and TensorBoard's HPARAMS."""
-    choices = hydra_cfg.runtime.choices
-    return {
-        "technique": cfg.technique,
-        "model": choices.get("model"),
-        "optimizer": choices.get("optim"),
-        "lr": cfg.optim.lr,
-        "weight_decay": cfg.optim.weight_decay,
-        "dropout_p": cfg.model.dropout_p if cfg.model.dropout_layers else 0.0,
-        "batch_size": cfg.data.batch_size,
-        "seed": cfg.seed,
-        "max_epochs": cfg.trainer.max_epochs,
-        "scheduler": choices.get("scheduler"),
-    }
-
-
-def device_name(trainer: pl.Trainer) -> str:
-    import torch
-
-    device = trainer.strategy.root_device
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-
-
-def log_summary(metrics: dict, output_dir: Path) -> None:
-    if metrics["status"] != "completed":
-        log.warning("status: diverged (the training loss stopped being finite); see %s", output_dir)
-        return
-    log.info(
-        "best epoch %d: val acc %.2f%%, test acc %.2f%% (best checkpoint) in %.0f s; outputs in %s",
-        metrics["best_epoch"],
-        100 * metrics["best_val_acc"],
-        100 * metrics["test_acc"],
-        metrics["wall_time_s"],
-        output_dir,
-    )
+    best_val_acc = float(trainer.checkpoint_callback.best_model_score)
+    test_acc, test_loss = tested["test_best/acc"], tested["test_best/loss"]
+    return best_checkpoint_results(history, best_val_acc, best, test_acc, test_loss, module.confusion.compute())
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

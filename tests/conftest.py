@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from fashion_lenet.config import PROJECT_ROOT, compose_job
@@ -39,7 +41,18 @@ def make_cfg(tmp_path, data_root):
     GlobalHydra.instance().clear()
 
 
+class RecordInitialWeights(pl.Callback):
+    """Test probe: saves the weights a run starts training from (every member's, in a fused group) to `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        nets = getattr(pl_module, "nets", None) or [pl_module.net]
+        torch.save([{k: v.clone() for k, v in net.state_dict().items()} for net in nets], self.path)
+
+
 def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a project command the way a user types it."""
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT / "tests")}  # conftest's probes
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

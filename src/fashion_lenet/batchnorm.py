@@ -46,21 +46,29 @@ class BatchNormFunction(torch.autograd.Function):
         return grad_x, grad_gamma, grad_beta, None
 
 
+def manual_batch_norm(x, running_mean, running_var, weight, bias, training: bool, momentum: float, eps: float):
+    """torch.nn.functional.batch_norm's contract (running statistics updated in place when training), computed by
+    BatchNormFunction; the fused sweeps' stacked BatchNorm calls it too."""
+    if not training:
+        scale = weight / torch.sqrt(running_var + eps)
+        shift = bias - running_mean * scale
+        return x * _per_channel(scale, x) + _per_channel(shift, x)
+    with torch.no_grad():  # running statistics as torch keeps them: the unbiased variance
+        dims = [0, *range(2, x.dim())]
+        running_mean.lerp_(x.mean(dims), momentum)
+        running_var.lerp_(x.var(dims, unbiased=True), momentum)
+    return BatchNormFunction.apply(x, weight, bias, eps)
+
+
 class _ManualBatchNorm(nn.modules.batchnorm._BatchNorm):
     """torch's BatchNorm parameters, buffers and eval behaviour; training goes through BatchNormFunction."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        if not self.training:
-            scale = self.weight / torch.sqrt(self.running_var + self.eps)
-            shift = self.bias - self.running_mean * scale
-            return x * _per_channel(scale, x) + _per_channel(shift, x)
-        with torch.no_grad():  # running statistics as torch keeps them: the unbiased variance
-            dims = [0, *range(2, x.dim())]
-            self.running_mean.lerp_(x.mean(dims), self.momentum)
-            self.running_var.lerp_(x.var(dims, unbiased=True), self.momentum)
+        if self.training:
             self.num_batches_tracked.add_(1)
-        return BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+        return manual_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                                 self.momentum, self.eps)  # fmt: skip
 
 
 class ManualBatchNorm1d(_ManualBatchNorm, nn.BatchNorm1d):

@@ -55,17 +55,19 @@ class EpochHistory(pl.Callback):
         self.history, self.diverged = state_dict["history"], state_dict["diverged"]
 
 
+def log_test_figures(experiment, confusion: torch.Tensor, misclassified: torch.Tensor) -> None:
+    """The best checkpoint's confusion matrix and a grid of its misclassified test images, in TensorBoard."""
+    experiment.add_figure("test_best/confusion_matrix", confusion_matrix_figure(confusion.cpu(), CLASSES))
+    if len(misclassified):
+        grid = make_grid(misclassified * STD + MEAN, nrow=8, pad_value=1.0).clamp(0, 1)
+        experiment.add_image("test_best/misclassified", grid)
+    experiment.flush()
+
+
 class BestCheckpointFigures(pl.Callback):
-    """After testing, puts the confusion matrix and a grid of misclassified test images in TensorBoard."""
+    """After testing, puts the confusion matrix and misclassified test images in TensorBoard."""
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger):
-                continue
-            matrix = pl_module.confusion.compute().cpu()
-            logger.experiment.add_figure("test_best/confusion_matrix", confusion_matrix_figure(matrix, CLASSES))
-            images = pl_module.misclassified_images()
-            if len(images):
-                grid = make_grid(images * STD + MEAN, nrow=8, pad_value=1.0).clamp(0, 1)
-                logger.experiment.add_image("test_best/misclassified", grid)
-            logger.experiment.flush()
+            if isinstance(logger, TensorBoardLogger):
+                log_test_figures(logger.experiment, pl_module.confusion.compute(), pl_module.misclassified_images())

@@ -116,6 +116,32 @@ class DeviceBatches:
             yield images, self.labels[batch]
 
 
+class MemberBatches:
+    """The training batches of N fused members at once: images [N, B, 1, 28, 28], labels [N, B].
+
+    Member n's batch comes from its own shuffle generator, drawn in the order its solo DeviceBatches draws it
+    (one permutation per epoch, then each batch's augmentation), so each member sees its solo run's batches.
+    """
+
+    def __init__(self, images, labels, batch_size: int, generators: list[torch.Generator],
+                 max_shift: int | None = None):  # fmt: skip
+        self.images, self.labels = images, labels
+        self.batch_size, self.generators, self.max_shift = batch_size, generators, max_shift
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, device = len(self.labels), self.labels.device
+        orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in self.generators])
+        for batch in orders.split(self.batch_size, dim=1):
+            images = self.images[batch]
+            if self.max_shift is not None:
+                shifted = zip(images, self.generators, strict=True)
+                images = torch.stack([augment(x, g, self.max_shift) for x, g in shifted])
+            yield images, self.labels[batch]
+
+
 class FashionMNISTDataModule(pl.LightningDataModule):
     """80/20 split of the official training images; the official test set is only ever evaluated."""
 
@@ -185,6 +211,31 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         if "shuffle_generator" in state_dict and self.shuffle_generator is not None:
             self.shuffle_generator.set_state(state_dict["shuffle_generator"])
+
+
+class StackedFashionMNIST(FashionMNISTDataModule):
+    """The DataModule of a fused group: one copy of the data, one shuffle generator per member."""
+
+    def __init__(self, shuffle_seeds: list[int], **kwargs):
+        super().__init__(shuffle_seed=shuffle_seeds[0], **kwargs)
+        self.shuffle_seeds = shuffle_seeds
+        self.shuffle_generators: list[torch.Generator] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if not self.shuffle_generators:
+            device = self.splits["train"][1].device
+            self.shuffle_generators = [torch.Generator(device=device).manual_seed(s) for s in self.shuffle_seeds]
+
+    def train_dataloader(self) -> MemberBatches:
+        return MemberBatches(*self.splits["train"], self.batch_size, self.shuffle_generators, self.max_shift)
+
+    def member_state_dict(self, member: int) -> dict:
+        """What member's solo FashionMNISTDataModule would save: its checkpoints resume as solo runs."""
+        return {"shuffle_generator": self.shuffle_generators[member].get_state()}
+
+    def load_member_state_dict(self, member: int, state_dict: dict) -> None:
+        self.shuffle_generators[member].set_state(state_dict["shuffle_generator"])
 
 
 if __name__ == "__main__":

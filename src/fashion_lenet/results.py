@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.md"
+log = logging.getLogger("train")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -45,6 +47,63 @@ def _finite(value: Any) -> Any:
 def library_versions() -> dict[str, str]:
     packages = ("torch", "torchvision", "lightning", "torchmetrics", "hydra-core")
     return {"python": platform.python_version()} | {name: version(name) for name in packages}
+
+
+def job_hparams(cfg: DictConfig, choices) -> dict:
+    """What was trained, with which hyperparameters: metrics.json's keys and TensorBoard's HPARAMS.
+
+    choices: Hydra's config-group choices of the job (hydra.runtime.choices).
+    """
+    return {
+        "technique": cfg.technique,
+        "model": choices.get("model"),
+        "optimizer": choices.get("optim"),
+        "lr": cfg.optim.lr,
+        "weight_decay": cfg.optim.weight_decay,
+        "dropout_p": cfg.model.dropout_p if cfg.model.dropout_layers else 0.0,
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.seed,
+        "max_epochs": cfg.trainer.max_epochs,
+        "scheduler": choices.get("scheduler"),
+    }
+
+
+def device_name(device) -> str:
+    import torch  # here: a sweep's launcher imports this module and leaves torch to the jobs
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def log_summary(metrics: dict, output_dir: Path) -> None:
+    """The job's last line on the terminal."""
+    if metrics["status"] != "completed":
+        log.warning("status: diverged (the training loss stopped being finite); see %s", output_dir)
+        return
+    log.info(
+        "best epoch %d: val acc %.2f%%, test acc %.2f%% (best checkpoint) in %.0f s; outputs in %s",
+        metrics["best_epoch"],
+        100 * metrics["best_val_acc"],
+        100 * metrics["test_acc"],
+        metrics["wall_time_s"],
+        output_dir,
+    )
+
+
+def best_checkpoint_results(history: list[dict], best_val_acc: float, best_checkpoint: str, test_acc: float,
+                            test_loss: float, confusion) -> dict:  # fmt: skip
+    """metrics.json's account of the best-by-validation checkpoint, tested once on the official test set."""
+    from fashion_lenet.data import CLASSES
+
+    confusion = confusion.cpu()
+    return {
+        "best_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
+        "best_val_acc": best_val_acc,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "per_class_test_acc": dict(zip(CLASSES, (confusion.diag() / confusion.sum(1)).tolist(), strict=True)),
+        "confusion_matrix": confusion.tolist(),
+        "best_checkpoint": best_checkpoint,
+    }
 
 
 def read_metrics(job_dir: Path) -> dict | None:

@@ -1,0 +1,206 @@
+"""`hydra/launcher=fused`: the jobs of a sweep that share one network shape train together as one stacked model.
+
+Every job is composed and checked first. Jobs whose configs are equal but for numbers that can differ per member
+(PER_MEMBER) form a group, up to `max_members`; each group trains in this process as one StackedLeNet5
+(fashion_lenet.group), groups one after another. A group of one, or a job that resumes (`ckpt_path` set), runs
+exactly as the basic launcher runs it. Each member gets the job folder, `.hydra/`, log file, callbacks and
+JobReturn of a solo job, so sweepers (grid, Optuna), summary.md and the report see ordinary jobs.
+
+Light to import (Hydra imports every hydra_plugins module at start-up): torch loads only when a group trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, _save_config, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from fashion_lenet.config import validate
+from fashion_lenet.errors import ConfigError, DivergedError, UserError
+
+log = logging.getLogger(__name__)
+
+# Config keys that may differ between the members of one group: each member's own number in the fused step
+# (technique is only the report's label).
+PER_MEMBER = ("seed", "data.shuffle_seed", "optim.lr", "optim.weight_decay", "optim.momentum", "model.dropout_p",
+              "technique")  # fmt: skip
+
+
+class Job:
+    """One job of the sweep (a plain class: Hydra's plugin scan runs this module outside sys.modules, where
+    dataclasses fail)."""
+
+    def __init__(self, num: int, config: DictConfig, task_cfg: DictConfig, output_dir: Path):
+        self.num, self.output_dir = num, output_dir
+        self.config = config  # the job's full config, hydra node included
+        self.task_cfg = task_cfg  # what train.py's main receives (unresolved, as Hydra saves it)
+        self.resolved = copy.deepcopy(task_cfg)  # composed while HydraConfig is this job's: ${hydra:...} is its own
+        OmegaConf.resolve(self.resolved)
+        self.error: ConfigError | None = None  # set when its values are refused
+
+    @property
+    def overrides(self) -> list[str]:
+        return list(self.config.hydra.overrides.task)
+
+    def group_key(self) -> str | None:
+        """Equal for jobs that can train as one stacked model; None for a job that must run alone."""
+        if self.error is not None or self.task_cfg.ckpt_path:
+            return None
+        shared = OmegaConf.to_container(self.resolved)
+        for key in PER_MEMBER:
+            *parents, leaf = key.split(".")
+            node = shared
+            for parent in parents:
+                node = node.get(parent, {})
+            node.pop(leaf, None)
+        return OmegaConf.to_yaml(shared).replace(str(self.output_dir), "<job folder>")
+
+
+def group_jobs(jobs: list[Job], max_members: int) -> list[list[Job]]:
+    """Jobs with equal keys, in job order, in chunks of at most max_members; every other job alone."""
+    by_key: dict[str, list[Job]] = {}
+    groups: list[list[Job]] = []
+    for job in jobs:
+        key = job.group_key()
+        if key is None:
+            groups.append([job])
+        elif key not in by_key:
+            by_key[key] = [job]
+            groups.append(by_key[key])
+        else:
+            by_key[key].append(job)
+    return [group[i : i + max_members] for group in groups for i in range(0, len(group), max_members)]
+
+
+class FusedLauncher(Launcher):
+    def __init__(self, max_members: int = 36):
+        if not isinstance(max_members, int) or isinstance(max_members, bool) or max_members < 1:
+            raise ConfigError(f"hydra.launcher.max_members={max_members!r} is not allowed: use an integer >= 1")
+        self.max_members = max_members
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        jobs = [self._compose(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        groups = group_jobs(jobs, self.max_members)
+        log.info(f"Launching {len(jobs)} jobs as {len(groups)} fused groups (at most {self.max_members} members)")
+        returns: dict[int, JobReturn] = {}
+        for number, group in enumerate(groups, 1):
+            nums = " ".join(f"#{job.num}" for job in group)
+            log.info(f"group {number}/{len(groups)}: {len(group)} job{'s' * (len(group) > 1)} ({nums})")
+            if len(group) == 1 and group[0].error is None:
+                returns[group[0].num] = self._run_solo(group[0])
+            else:
+                returns.update(self._run_group(group, number))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return [returns[job.num] for job in jobs]
+
+    def _compose(self, overrides: list[str], num: int) -> Job:
+        """The job's config as run_job would see it, checked, before anything trains."""
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = num
+        HydraConfig.instance().set_config(config)
+        output_dir = (Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)).absolute()
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(config)
+        task_cfg = copy.deepcopy(config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        job = Job(num, config, task_cfg, output_dir)
+        try:
+            validate(task_cfg, multirun=True)
+        except ConfigError as error:  # this job fails; the others run (an Optuna trial that drew a bad value)
+            job.error = error
+        return job
+
+    def _run_solo(self, job: Job) -> JobReturn:
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=job.config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")  # fmt: skip
+
+    def _start(self, job: Job) -> JobReturn:
+        """run_job's part before the task: the job folder, .hydra/, the job-start callbacks."""
+        HydraConfig.instance().set_config(job.config)
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        if job.config.hydra.output_subdir is not None:
+            hydra_output = job.output_dir / str(job.config.hydra.output_subdir)
+            _save_config(job.task_cfg, "config.yaml", hydra_output)
+            _save_config(job.config, "hydra.yaml", hydra_output)
+            _save_config(job.config.hydra.overrides.task, "overrides.yaml", hydra_output)
+        self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
+        ret = JobReturn(overrides=job.overrides, cfg=job.task_cfg, hydra_cfg=copy.deepcopy(job.config),
+                        working_dir=os.getcwd())  # fmt: skip
+        ret.task_name = JobRuntime.instance().get("name")
+        return ret
+
+    def _finish(self, job: Job, ret: JobReturn) -> None:
+        """run_job's part after the task: the job-end callbacks (metrics.json of a failure, summary.md)."""
+        HydraConfig.instance().set_config(job.config)
+        self.hydra_context.callbacks.on_job_end(config=job.config, job_return=ret)
+
+    def _run_group(self, group: list[Job], number: int) -> dict[int, JobReturn]:
+        from fashion_lenet.group import Member, train_group  # torch and Lightning: only now
+        from fashion_lenet.results import job_hparams, log_summary
+
+        returns = {job.num: self._start(job) for job in group}
+        trained = [job for job in group if job.error is None]
+        for job in group:
+            if job.error is not None:
+                returns[job.num].return_value, returns[job.num].status = job.error, JobStatus.FAILED
+        if trained:
+            self._log_to_every_job_file(trained)
+            members = [Member(job.resolved, job.output_dir, job_hparams(job.resolved, job.config.hydra.runtime.choices))
+                       for job in trained]  # fmt: skip
+            info = {"id": number, "members": len(trained), "jobs": [job.num for job in trained]}
+            try:
+                outcomes: list = train_group(members, info)
+            except Exception as error:  # e.g. a Trainer option the group cannot take: every member failed
+                outcomes = [error] * len(trained)
+            for job, outcome in zip(trained, outcomes, strict=True):
+                ret = returns[job.num]
+                if isinstance(outcome, Exception):
+                    ret.return_value, ret.status = outcome, JobStatus.FAILED
+                elif outcome["status"] == "diverged":
+                    epoch = len(outcome["history"]) - 1
+                    message = f"training diverged in epoch {epoch}: the loss is no longer finite (job marked diverged)"
+                    ret.return_value, ret.status = DivergedError(message), JobStatus.FAILED
+                else:
+                    ret.return_value, ret.status = outcome["best_val_acc"], JobStatus.COMPLETED
+                    log_summary(outcome, job.output_dir)
+        for job in group:
+            error = returns[job.num]._return_value  # the public getter re-raises a failed job's exception
+            if returns[job.num].status == JobStatus.FAILED and not isinstance(error, UserError):
+                log.error(f"job #{job.num} failed: {error!r}")
+            self._finish(job, returns[job.num])
+        return returns
+
+    @staticmethod
+    def _log_to_every_job_file(jobs: list[Job]) -> None:
+        """Hydra's job logging, configured for the first member, also writes to every other member's log file."""
+        configure_log(jobs[0].config.hydra.job_logging, jobs[0].config.hydra.verbose)
+        root = logging.getLogger()
+        first = next((h for h in root.handlers if isinstance(h, logging.FileHandler)), None)
+        if first is None:
+            return
+        for job in jobs[1:]:
+            handler = logging.FileHandler(job.output_dir / Path(first.baseFilename).name)
+            handler.setFormatter(first.formatter)
+            handler.setLevel(first.level)
+            root.addHandler(handler)
+

@@ -1,0 +1,166 @@
+"""hydra/launcher=fused: each member of a fused group is the job it would be alone, and writes what it writes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY, run_cli
+
+from fashion_lenet.config import PROJECT_ROOT
+from fashion_lenet.evaluate import evaluate
+from fashion_lenet.module import LeNetModule
+from train import train
+
+FUSED = ["-m", "hydra/launcher=fused"]
+THREADS = "threads=1"  # both sides add in one order
+PROBE = "+callbacks.initial_weights._target_=conftest.RecordInitialWeights"
+# A group of 4: seed (init, batches, dropout masks) x learning rate; jobs 0 and 3 differ in both.
+GRID = ["seed=0,1", "optim.lr=0.001,0.003", "optim.weight_decay=1e-4", THREADS]
+SOLO = {0: ["seed=0", "optim.lr=0.001"], 3: ["seed=1", "optim.lr=0.003"]}
+# Tolerances by the number of steps. The fused kernels (grouped convolution, batched matmul, one BatchNorm over
+# all members' channels) add in another order than the solo ones: float32 rounding, ~1e-7 relative, which training
+# then amplifies (Adam turns the sign of a near-zero gradient into a full step). Measured 2026-12-03, 2-core CPU,
+# threads=1: after 1 step <= 2e-7 relative (dropout and BatchNorm); after 30 steps up to 2e-4 in the train loss and
+# 1.5e-3 in the val loss (bn_pre), no more than the same solo run differs from itself at 2 threads instead of 1
+# (5.6e-4 val loss, dropout). Accuracies: one image is 1/2000 of the 2,000 validation images.
+TOLERANCES = {1: (1e-6, 1e-6), 30: (3e-3, 10 / 2000)}  # steps: (loss rtol, accuracy atol)
+THREADS = "threads=1"  # both sides add in one order
+PROBE = "+callbacks.initial_weights._target_=conftest.RecordInitialWeights"
+# A group of 4: seed (init, batches, dropout masks) x learning rate; jobs 0 and 3 differ in both.
+GRID = ["seed=0,1", "optim.lr=0.001,0.003", "optim.weight_decay=1e-4", THREADS]
+SOLO = {0: ["seed=0", "optim.lr=0.001"], 3: ["seed=1", "optim.lr=0.003"]}
+# The fused kernels (grouped convolution, batched matmul, one BatchNorm over all members' channels) add in
+# another order than the solo ones: float32 rounding, ~1e-7 relative per operation, which 30 Adam steps amplify
+# (Adam turns the sign of a near-zero gradient into a full step). Measured 2026-12-03, 2-core CPU: fused vs solo
+# 1e-7 to 2e-5 relative; the same solo run at 1 vs 2 threads differs by up to 5.6e-4 in val loss and 1 of 2,000
+# validation images. The bound is that of a changed thread count, with room: 1e-3 relative, 4 images.
+LOSS_RTOL, ACC_ATOL = 1e-3, 4 / 2000
+
+
+def _metrics(job_dir) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def _fused_sweep(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
+    return run_cli("train.py", *FUSED, *TINY, *overrides, f"hydra.sweep.dir={sweep_dir}")
+
+
+@pytest.mark.parametrize("steps", [1, 30])
+@pytest.mark.parametrize("variant", ["dropout", "bn_pre"])
+def test_a_fused_member_starts_from_its_solo_weights_and_follows_its_solo_run(tmp_path, make_cfg, variant, steps):
+    loss_rtol, acc_atol = TOLERANCES[steps]
+    limit = f"++trainer.limit_train_batches={steps}"
+    result = _fused_sweep(tmp_path / "fused", f"model={variant}", *GRID, limit, PROBE,
+                          f"+callbacks.initial_weights.path={tmp_path / 'fused.pt'}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    fused_start = torch.load(tmp_path / "fused.pt")
+    assert len(fused_start) == 4  # one group of four members
+    for member, overrides in SOLO.items():
+        probe = [PROBE, f"+callbacks.initial_weights.path={tmp_path / f'solo{member}.pt'}"]
+        solo = train(make_cfg(f"model={variant}", *TINY, limit, *overrides, "optim.weight_decay=1e-4", THREADS, *probe))
+        solo_start = torch.load(tmp_path / f"solo{member}.pt")[0]
+        assert solo_start.keys() == fused_start[member].keys()
+        for name, tensor in solo_start.items():  # step 0: bit for bit
+            assert torch.equal(tensor, fused_start[member][name]), name
+        fused = _metrics(tmp_path / "fused" / str(member))
+        assert fused["fused_group"]["members"] == 4 and fused["status"] == "completed"
+        for solo_row, fused_row in zip(solo["history"], fused["history"], strict=True):
+            for key in ("train_loss", "val_loss"):
+                assert fused_row[key] == pytest.approx(solo_row[key], rel=loss_rtol), key
+            for key in ("train_acc", "val_acc", "test_acc"):
+                assert fused_row[key] == pytest.approx(solo_row[key], abs=acc_atol), key
+        assert fused["test_acc"] == pytest.approx(solo["test_acc"], abs=acc_atol)
+
+
+def test_used_by_sweep_fuses_into_two_groups_whose_members_write_what_solo_jobs_write(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # the whole test set, so evaluating a member's checkpoint on its own must give what the member reported
+    everything = "++trainer.limit_test_batches=null"
+    result = _fused_sweep(tmp_path, "model=bn_pre,bn_post", "optim.lr=1e-2,1e-3,1e-4", everything)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [tmp_path / str(job) for job in range(6)]
+    groups = [_metrics(job)["fused_group"]["jobs"] for job in jobs]
+    assert groups == [[0, 1, 2]] * 3 + [[3, 4, 5]] * 3  # bn_pre x 3 lr, bn_post x 3 lr
+    for job in jobs:
+        metrics = _metrics(job)
+        assert metrics["status"] == "completed" and 0 <= metrics["test_acc"] <= 1
+        assert (job / ".hydra" / "overrides.yaml").is_file() and (job / "train.log").is_file()
+        assert len(list((job / "checkpoints").glob("epoch00-val_acc*.ckpt"))) == 1
+        restored = LeNetModule.load_from_checkpoint(job / "checkpoints" / "last.ckpt", map_location="cpu")
+        assert restored.hparams.optimizer["lr"] == metrics["lr"]  # its own optimizer, not the group's
+        assert restored(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        events = EventAccumulator(str(job / "tensorboard"))
+        events.Reload()
+        for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test_best/acc", "hp/test_acc"):
+            assert len(events.Scalars(tag)) == 1, tag
+        assert events.Scalars("hp/test_acc")[0].value == pytest.approx(metrics["test_acc"])
+        assert events.Images("test_best/misclassified")
+    for job in (jobs[1], jobs[4]):  # one member of each group
+        tested = evaluate(Path(_metrics(job)["best_checkpoint"]), PROJECT_ROOT / "data", tmp_path / "eval", "cpu")
+        assert tested["test_acc"] == pytest.approx(_metrics(job)["test_acc"], abs=1e-6)
+    assert (tmp_path / "summary.md").read_text().count("| completed |") == 6
+    report = run_cli("-m", "fashion_lenet.report", str(tmp_path), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_a_diverging_member_stops_alone_and_leaves_the_others_numbers_unchanged(tmp_path):
+    sgd = ["optim=sgd", "trainer.max_epochs=2"]
+    with_diverging = _fused_sweep(tmp_path / "a", *sgd, "optim.lr=1e-2,1e4")
+    without = _fused_sweep(tmp_path / "b", *sgd, "optim.lr=1e-2,1e-3")
+    assert with_diverging.returncode != 0  # a job without a result fails the sweep, after the others ran
+    assert "training diverged in epoch 0" in with_diverging.stderr
+    assert without.returncode == 0, without.stderr[-2000:]
+    survivor, diverged = _metrics(tmp_path / "a" / "0"), _metrics(tmp_path / "a" / "1")
+    reference = _metrics(tmp_path / "b" / "0")  # the same member beside a healthy one
+    assert diverged["status"] == "diverged" and len(diverged["history"]) == 1  # stopped after its first epoch
+    assert survivor["status"] == "completed" and len(survivor["history"]) == 2
+    numbers = lambda m: [{k: v for k, v in row.items() if not k.endswith("_time_s")} for row in m["history"]]  # noqa: E731
+    assert numbers(survivor) == numbers(reference)  # bit for bit
+    assert survivor["test_acc"] == reference["test_acc"]
+    assert "| diverged |" in (tmp_path / "a" / "summary.md").read_text()
+
+
+def test_sigterm_leaves_every_member_interrupted_with_a_last_checkpoint_that_resumes_as_a_solo_job(tmp_path):
+    long = [*TINY, "trainer.max_epochs=1000", "++trainer.limit_train_batches=50", "seed=0,1"]
+    command = [sys.executable, "train.py", *FUSED, *long, f"hydra.sweep.dir={tmp_path}"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = [tmp_path / str(job) / "checkpoints" / "last.ckpt" for job in range(2)]
+    deadline = time.monotonic() + 120
+    while not all(p.exists() for p in last) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # inside a later epoch
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()  # never leave a 1000-epoch run behind
+    assert process.returncode == 143, stderr.decode()[-2000:]
+    for job in range(2):
+        metrics = _metrics(tmp_path / str(job))
+        assert metrics["status"] == "interrupted" and len(metrics["history"]) >= 1
+    epochs = len(_metrics(tmp_path / "1")["history"])
+    resumed = run_cli("train.py", *TINY, "++trainer.limit_train_batches=50", "seed=1",
+                      f"trainer.max_epochs={epochs + 1}",
+                      f"hydra.run.dir={tmp_path / '1'}", "ckpt_path=last")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = _metrics(tmp_path / "1")
+    assert metrics["status"] == "completed" and len(metrics["history"]) == epochs + 1
+    assert "fused_group" not in metrics  # its last epoch trained solo
+
+
+def test_optuna_trials_launched_together_are_fused_and_each_told_its_value(tmp_path):
+    result = _fused_sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                          'hydra.sweeper.params.model="choice(baseline)"')  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = [_metrics(tmp_path / str(job)) for job in range(4)]
+    assert [t["fused_group"]["members"] for t in trials] == [2, 2, 2, 2]  # two batches of two
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(t["best_val_acc"] for t in trials)
