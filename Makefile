@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SWEEP  ?= $(lastword $(sort $(wildcard multirun/20*/*)))
+# seconds apt-get waits for a package lock that another apt/dpkg holds, then fails
+APT_LOCK_WAIT ?= 300
+APT_WAIT := -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT)
 
 .DEFAULT_GOAL := help
 .PHONY: help install data train test bench gpu-check study report tensorboard lint clean
@@ -22,9 +25,9 @@ $(STAMP): pyproject.toml
 
 data: $(STAMP) ## put Fashion-MNIST in data/ (Debian package, else torchvision's download) and verify it
 	@if ! $(PY) -m fashion_lenet.data --check >/dev/null 2>&1 && [ ! -f $(DEBIAN_DATA) ] && command -v apt-get >/dev/null; then \
-		echo "installing the Debian package dataset-fashion-mnist"; \
+		echo "installing the Debian package dataset-fashion-mnist (waits up to $(APT_LOCK_WAIT) s for another apt/dpkg to finish)"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) \
+		($$SUDO apt-get $(APT_WAIT) update -qq && $$SUDO apt-get $(APT_WAIT) install -y -qq dataset-fashion-mnist) \
 			|| echo "apt-get failed; falling back to torchvision's download"; \
 	fi
 	$(PY) -m fashion_lenet.data

@@ -32,6 +32,7 @@ from fashion_lenet.results import (
     log_summary,
     write_json_atomic,
 )
+from fashion_lenet.resume import how_to_resume, last_checkpoint
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -72,14 +73,15 @@ def train(cfg: DictConfig) -> dict:
     hparams = job_hparams(cfg, hydra_cfg.runtime.choices)
     device = device_name(trainer.strategy.root_device)
     metrics = hparams | {"device": device, "versions": library_versions(), "started_at": started_at}
+    ckpt_path = cfg.ckpt_path or last_checkpoint(output_dir, cfg.resume)
     try:
         with warnings.catch_warnings():
-            if cfg.ckpt_path:  # resuming: the run's folder holds its own checkpoints, nothing to warn about
+            if ckpt_path:  # resuming: the run's folder holds its own checkpoints, nothing to warn about
                 warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SystemExit as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit, after saving last.ckpt
         write_json_atomic(output_dir / METRICS_FILE, metrics | {"status": "interrupted", "history": history.history})
-        log.warning("interrupted; resume with: python train.py hydra.run.dir=%s ckpt_path=last", output_dir)
+        log.warning("interrupted; resume with: %s", how_to_resume(hydra_cfg))
         raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
     # A copy: testing the best checkpoint restores the callbacks' state, history included, to that epoch's.
     metrics["history"] = rows = list(history.history)

@@ -15,6 +15,16 @@ def test_bench_smoke_run_reports_every_pipeline_and_the_ratio():
     assert abs(report["speedup_project_vs_naive"] - ratio) < 1e-9
 
 
+def test_fused_bench_reports_solo_and_fused_model_steps_per_second():
+    result = run_cli("-m", "fashion_lenet.bench", "--fused", "1,2", "--limit-batches", "3", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert list(report["members"]) == ["1", "2"] and report["device"].startswith("cpu")
+    for row in report["members"].values():
+        ratio = row["fused_model_steps_per_s"] / row["solo_model_steps_per_s"]
+        assert row["speedup"] == pytest.approx(ratio)
+
+
 def test_profile_lists_the_operators_of_a_training_step(data_root):
     import torch
 

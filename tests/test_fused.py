@@ -164,3 +164,20 @@ def test_optuna_trials_launched_together_are_fused_and_each_told_its_value(tmp_p
     assert [t["fused_group"]["members"] for t in trials] == [2, 2, 2, 2]  # two batches of two
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(t["best_val_acc"] for t in trials)
+
+
+def test_each_fused_group_runs_as_one_submitit_job(tmp_path):
+    """hydra/launcher=fused_slurm's code path, with submitit's local executor standing in for SLURM."""
+    result = run_cli("train.py", "-m", "hydra/launcher=fused_submitit_local", "model=baseline,bn_post", "seed=0,1",
+                     *TINY, f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [_metrics(tmp_path / str(job))["fused_group"]["jobs"] for job in range(4)] == [[0, 1]] * 2 + [[2, 3]] * 2
+    assert len([p for p in (tmp_path / ".submitit").iterdir() if p.name.isdigit()]) == 2  # 2 submitit jobs, not 4
+
+
+def test_fused_slurm_config_composes_with_one_gpu_per_group():
+    result = run_cli("train.py", "hydra/launcher=fused_slurm", "--cfg", "hydra", "--package", "hydra.launcher")
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)
+    assert launcher["_target_"].endswith("FusedSlurmLauncher") and launcher["max_members"] == 36
+    assert (launcher["gpus_per_node"], launcher["tasks_per_node"]) == (1, 1)

@@ -2,6 +2,7 @@
 
     python -m fashion_lenet.bench                # naive vs project vs plain-loop floor, on the available device
     python -m fashion_lenet.bench --sweep 4      # 4 one-epoch jobs: basic launcher vs joblib, wall seconds
+    python -m fashion_lenet.bench --fused 1,4,12,36   # model-steps per second: N members fused vs one job at a time
     python -m fashion_lenet.bench --variant cuda_graph=false   # also time the project path with these overrides
     python -m fashion_lenet.bench --profile 200  # where a plain-loop step's time goes, by operator
     python -m fashion_lenet.bench --json         # machine-readable
@@ -39,6 +40,7 @@ from fashion_lenet.models import LeNet5
 from fashion_lenet.module import skip_per_step_gpu_lookup
 
 DATA_ROOT = PROJECT_ROOT / "data"
+STEPS_PER_EPOCH = 48_000 // 64  # the 80 % training split at batch 64
 
 
 class _EpochTimer(pl.Callback):
@@ -235,6 +237,36 @@ def sweep_benchmark(jobs: int) -> dict:
     return {"jobs": jobs, "wall_s": walls, "speedup_joblib_vs_basic": walls["basic"] / walls["joblib"]}
 
 
+def _train_seconds_per_step(overrides: list[str], steps: int, root: Path) -> tuple[float, dict]:
+    """Seconds per training step of a 2-epoch run through train.py (the second epoch: the first warms up)."""
+    limits = [f"++trainer.limit_train_batches={steps}", "++trainer.limit_val_batches=1",
+              "++trainer.limit_test_batches=1"]  # fmt: skip
+    folder = f"hydra.{'sweep' if '-m' in overrides else 'run'}.dir={root}"
+    command = [sys.executable, "train.py", *overrides, "trainer.max_epochs=2", *limits, "threads=null",
+               "callbacks.progress_bar.refresh_rate=0", folder]  # fmt: skip
+    subprocess.run(command, cwd=PROJECT_ROOT, check=True, capture_output=True)
+    metrics = json.loads(next(root.rglob("metrics.json")).read_text())
+    return metrics["history"][1]["train_time_s"] / steps, metrics
+
+
+def fused_benchmark(members: list[int], steps: int = 50) -> dict:
+    """Model-steps per second: N jobs differing in seed fused into one group vs one solo job at a time (the basic
+    launcher's cost: N times one job's step), each through train.py, on the available device."""
+    rows = {}
+    with tempfile.TemporaryDirectory() as root:
+        solo_step, metrics = _train_seconds_per_step([], steps, Path(root) / "solo")
+        for n in members:
+            seeds = ",".join(str(seed) for seed in range(n))
+            fused_step, _ = _train_seconds_per_step(["-m", "hydra/launcher=fused", f"seed={seeds}"], steps,
+                                                     Path(root) / f"fused{n}")  # fmt: skip
+            # N = 1 is a group of one: the solo path again, a second measurement of it
+            rows[n] = {"solo_model_steps_per_s": 1 / solo_step, "fused_model_steps_per_s": n / fused_step,
+                       "solo_s_per_model_epoch": solo_step * STEPS_PER_EPOCH,
+                       "fused_s_per_model_epoch": fused_step / n * STEPS_PER_EPOCH,
+                       "speedup": solo_step * n / fused_step}  # fmt: skip
+    return {"device": metrics["device"], "steps_timed": steps, "members": rows}
+
+
 def batch_size_benchmark(batch_sizes: list[int], epochs: int) -> dict:
     """How the project's epoch time changes with the batch size (the per-step cost is mostly fixed)."""
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
@@ -257,8 +289,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=_count, default=3, help="epochs per pipeline (the first is warm-up)")
     parser.add_argument("--sweep", type=_count, metavar="N", help="time N one-epoch jobs: basic vs joblib launcher")
+    parser.add_argument("--fused", type=_counts, metavar="N,N,...", help="model-steps/s: N fused members vs solo")
     parser.add_argument("--batch-sizes", type=_counts, metavar="B,B,...", help="time the project's epoch at these")
-    parser.add_argument("--limit-batches", type=_count, help="train only this many batches per epoch (smoke runs)")
+    parser.add_argument("--limit-batches", type=_count, help="train only this many batches per epoch (--fused: 50)")
     parser.add_argument(
         "--variant",
         action="append",
@@ -293,6 +326,8 @@ def run(args: argparse.Namespace) -> None:
         result = batch_size_benchmark(args.batch_sizes, args.epochs)
     elif args.sweep:
         result = sweep_benchmark(args.sweep)
+    elif args.fused:
+        result = fused_benchmark(args.fused, args.limit_batches or 50)
     else:
         result = epoch_benchmark(args.epochs, args.limit_batches, args.variant)
     if args.json:
@@ -300,6 +335,12 @@ def run(args: argparse.Namespace) -> None:
     elif args.batch_sizes:
         for size, seconds in result["seconds_per_epoch"].items():
             print(f"batch {size:>5}: {seconds:6.2f} s per epoch")
+    elif args.fused:
+        print(f"model-steps per second on {result['device']}, batch 64, Adam ({STEPS_PER_EPOCH} steps a model-epoch)")
+        print(f"  {'members':>7} {'solo':>8} {'fused':>8} {'s/model-epoch solo':>19} {'fused':>7} {'speed-up':>8}")
+        for n, row in result["members"].items():
+            print(f"  {n:>7} {row['solo_model_steps_per_s']:8.0f} {row['fused_model_steps_per_s']:8.0f} "
+                  f"{row['solo_s_per_model_epoch']:19.2f} {row['fused_s_per_model_epoch']:7.2f} {row['speedup']:7.2f}x")
     elif args.sweep:
         print(f"{args.sweep} one-epoch jobs: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["wall_s"].items()))
         print(f"joblib speed-up: {result['speedup_joblib_vs_basic']:.2f}x")

@@ -54,6 +54,7 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("seed", *_integer_from(0)),
         ("threads", lambda v: v is None or (_integer(v) and v >= 1), "null (torch's default) or an integer >= 1"),
         ("ckpt_path", _checkpoint, "null, last, hpc, or the path of an existing checkpoint file"),
+        ("resume", lambda v: v in (True, False, "retry") and not _integer(v), "true, false or retry"),
         ("cuda_graph", *_BOOLEAN),
         ("matmul_precision", lambda v: v in MATMUL_PRECISIONS, ", ".join(MATMUL_PRECISIONS)),
         ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),

@@ -9,6 +9,7 @@ metrics.json. A member whose loss stops being finite stops training; the others 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -252,7 +253,7 @@ class MemberOutputs(Checkpoint):
                  "val/acc": row["val_acc"], "test/acc": row["test_acc"], "epoch": trainer.current_epoch},
                 step=trainer.global_step,
             )  # fmt: skip
-            if not torch.isfinite(torch.tensor(row["train_loss"])):
+            if not math.isfinite(row["train_loss"]):
                 member.history.diverged, pl_module.active[n] = True, False
             for callback in member.checkpoints():
                 callback.on_train_epoch_end(self._view(trainer, pl_module, n), pl_module)

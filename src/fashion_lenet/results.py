@@ -116,7 +116,9 @@ def read_metrics(job_dir: Path) -> dict | None:
 def summary_markdown(sweep_dir: Path) -> str:
     """One row per job folder: the overrides that differ between jobs, its status and headline numbers."""
     job_dirs = sorted((p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()), key=_job_number)
-    overrides = {job: OmegaConf.load(job / ".hydra" / "overrides.yaml") for job in job_dirs}
+    # `resume=...` says how a job was continued, not what it trained
+    overrides = {job: [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("resume=")]
+                 for job in job_dirs}  # fmt: skip
     shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     rows = ["| job | overrides | status | best val acc | test acc | wall s |", "|---|---|---|---|---|---|"]
     for job_dir in job_dirs:
@@ -156,6 +158,13 @@ class JobOutcome(Callback):
             write_atomic(sweep_dir / SUMMARY_FILE, summary_markdown(sweep_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summary = Path(config.hydra.sweep.dir) / SUMMARY_FILE
+        from fashion_lenet.resume import resume_command  # it reads this module
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summary = sweep_dir / SUMMARY_FILE
         if summary.is_file():
             print(f"\nSweep summary ({summary}):\n{summary.read_text()}")
+        statuses = {(read_metrics(job) or {}).get("status") for job in sweep_dir.iterdir() if (job / ".hydra").is_dir()}
+        if statuses - {"completed"}:
+            mode = "retry" if statuses & {"failed", "diverged"} else "true"
+            print(f"Not every job completed; to finish the sweep: {resume_command(sweep_dir, mode)}")

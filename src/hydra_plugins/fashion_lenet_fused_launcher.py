@@ -18,13 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, _save_config, configure_log, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fashion_lenet.config import validate
 from fashion_lenet.errors import ConfigError, DivergedError, UserError
+from fashion_lenet.resume import last_checkpoint, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +54,15 @@ class Job:
     def overrides(self) -> list[str]:
         return list(self.config.hydra.overrides.task)
 
+    @property
+    def overrides_with_hydra(self) -> list[str]:
+        """What composes this job again in another process (its hydra.* overrides too, e.g. a resume's subdir)."""
+        return [*self.config.hydra.overrides.hydra, *self.config.hydra.overrides.task]
+
     def group_key(self) -> str | None:
         """Equal for jobs that can train as one stacked model; None for a job that must run alone."""
-        if self.error is not None or self.task_cfg.ckpt_path:
-            return None
+        if self.error is not None or self.task_cfg.ckpt_path or last_checkpoint(self.output_dir, self.task_cfg.resume):
+            return None  # a resuming job continues alone, from its own last.ckpt
         shared = OmegaConf.to_container(self.resolved)
         for key in PER_MEMBER:
             *parents, leaf = key.split(".")
@@ -170,6 +179,9 @@ class FusedLauncher(Launcher):
             info = {"id": number, "members": len(trained), "jobs": [job.num for job in trained]}
             try:
                 outcomes: list = train_group(members, info)
+            except SystemExit:  # Ctrl-C or SIGTERM: every member wrote its last.ckpt and metrics.json
+                log.warning(f"interrupted; resume with: {resume_command(Path(str(self.config.hydra.sweep.dir)))}")
+                raise
             except Exception as error:  # e.g. a Trainer option the group cannot take: every member failed
                 outcomes = [error] * len(trained)
             for job, outcome in zip(trained, outcomes, strict=True):
@@ -204,3 +216,49 @@ class FusedLauncher(Launcher):
             handler.setLevel(first.level)
             root.addHandler(handler)
 
+
+
+class _FusedSubmitit(FusedLauncher, BaseSubmititLauncher):
+    """Each fused group as one submitit job (one cluster job per group with hydra/launcher=fused_slurm): the jobs
+    are composed, checked and grouped here, and trained in the job's process."""
+
+    def __init__(self, max_members: int = 36, **params):
+        FusedLauncher.__init__(self, max_members)
+        BaseSubmititLauncher.__init__(self, **params)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit  # here: Hydra's plugin scan stays fast
+
+        setup_globals()
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        jobs = [self._compose(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        groups = group_jobs(jobs, self.max_members)
+        log.info(f"Submitting {len(jobs)} jobs as {len(groups)} fused groups to submitit ({self._EXECUTOR})")
+        params = dict(self.params)
+        requeues = {f"{self._EXECUTOR}_{k}": params.pop(k) for k in ("max_num_timeout",) if k in params}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=params.pop("submitit_folder"), **requeues)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())  # submitit's keys for every cluster
+        executor.update_parameters(**{k if k in shared else f"{self._EXECUTOR}_{k}": v for k, v in params.items()})
+        state = Singleton.get_state()
+        submitted = executor.map_array(self, [[job.overrides_with_hydra for job in g] for g in groups],
+                                       [[job.num for job in g] for g in groups], range(1, len(groups) + 1),
+                                       [state] * len(groups))  # fmt: skip
+        returns = {ret.hydra_cfg.hydra.job.num: ret for job in submitted for ret in job.results()[0]}
+        return [returns[job.num] for job in jobs]
+
+    def __call__(self, overrides: list[list[str]], nums: list[int], number: int, state) -> list[JobReturn]:
+        """In the submitit job: compose the group's jobs again and train them as the local launcher does."""
+        Singleton.set_state(state)
+        setup_globals()
+        group = [self._compose(o, num) for o, num in zip(overrides, nums, strict=True)]
+        if len(group) == 1 and group[0].error is None:
+            return [self._run_solo(group[0])]
+        return [self._run_group(group, number)[job.num] for job in group]
+
+
+class FusedLocalLauncher(_FusedSubmitit):
+    _EXECUTOR = "local"
+
+
+class FusedSlurmLauncher(_FusedSubmitit):
+    _EXECUTOR = "slurm"

@@ -1,4 +1,5 @@
-"""The grid sweeper of `train.py -m`: Hydra's basic sweeper, also checking every job's values before any starts.
+"""The sweepers of `train.py -m`: the grid (Hydra's basic sweeper, also checking every job's values before any starts)
+and Optuna's, both resumable in their sweep folder (`resume=true`).
 
 Hydra's basic sweeper composes each job of the grid before launching the first, to catch unknown keys and
 groups early; this subclass also runs fashion_lenet.config's value checks on those composed configs, so that
@@ -7,15 +8,57 @@ composing it (2-core CPU). It lives in `hydra_plugins` because Hydra instantiate
 only. Selected by conf/hparams_search/grid.yaml.
 """
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from omegaconf import DictConfig, open_dict
 
+from fashion_lenet import resume
 from fashion_lenet.config import validate
 from fashion_lenet.errors import ConfigError
 
+log = logging.getLogger(__name__)
+STUDY_FILE = "optuna.db"  # conf/hparams_search/optuna.yaml's storage
+
 
 class CheckedBasicSweeper(BasicSweeper):
+    """With `resume` set, each batch holds only the jobs still to run, each in its old folder (fashion_lenet.resume)."""
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if config.get("resume"):  # before Hydra creates the sweep folder: a wrong path is refused as it is
+            resume.job_folders(Path(config.hydra.sweep.dir))
+        self.grid_position = 0
+
+    def sweep(self, arguments: list[str]):
+        if not self.config.get("resume"):
+            return super().sweep(arguments)
+        saved = Path(self.config.hydra.sweep.dir) / "multirun.yaml"
+        original = saved.read_bytes() if saved.is_file() else None
+        try:
+            return super().sweep(arguments)
+        except ConfigError:  # refused before any job ran: leave the folder as it was (Hydra rewrote multirun.yaml)
+            if original is not None:
+                saved.write_bytes(original)
+            raise
+
+    def get_job_batch(self) -> list[list[str]]:
+        batch = super().get_job_batch()
+        self.grid_position += len(batch)
+        if not self.config.get("resume"):
+            return batch
+        return resume.plan(Path(self.config.hydra.sweep.dir), batch, self._task_config, self.config.resume,
+                           first_position=self.grid_position - len(batch))  # fmt: skip
+
+    def _task_config(self, overrides: list[str]) -> DictConfig:
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         for overrides in batch:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -23,3 +66,33 @@ class CheckedBasicSweeper(BasicSweeper):
                 validate(cfg, multirun=True)
             except ConfigError as error:
                 raise ConfigError(f"{error} (job: {' '.join(overrides)}; no job was started)") from None
+
+
+class ResumableOptunaSweeper(OptunaSweeper):
+    """Optuna's sweeper; its study lives in the sweep folder (hydra.sweeper.storage), so `resume=true` continues it
+    toward n_trials in total: the trial that was running when the search stopped counts as failed, and new trials
+    get new job folders. Selected by conf/hparams_search/optuna.yaml."""
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        sweep_dir, resuming = Path(config.hydra.sweep.dir), config.get("resume")
+        if resuming:
+            folders = resume.job_folders(sweep_dir)
+        elif (sweep_dir / STUDY_FILE).exists():
+            raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds an Optuna search: add resume=true to "
+                              "continue it, or give another hydra.sweep.dir")  # fmt: skip
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+        if resuming:
+            self._continue(folders)
+
+    def _continue(self, folders: list[Path]) -> None:
+        import optuna
+
+        search = self.sweeper
+        study = optuna.load_study(study_name=search.study_name, storage=search.storage)
+        for trial in study.trials:
+            if trial.state == optuna.trial.TrialState.RUNNING:  # stopped mid-trial: its folder says interrupted
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        search.n_trials = max(0, search.n_trials - len(study.trials))
+        search.job_idx = 1 + max((int(f.name) for f in folders if f.name.isdigit()), default=-1)
+        log.info(f"Resuming the Optuna search: {len(study.trials)} trials done, {search.n_trials} to go")

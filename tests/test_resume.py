@@ -1,0 +1,104 @@
+"""resume=true: an interrupted sweep finishes in its folder without training any completed job twice."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from conftest import TINY, run_cli
+
+from fashion_lenet.config import PROJECT_ROOT
+from train import train
+
+TIMES = ("train_time_s", "epoch_time_s")
+# Three jobs of three 200-step epochs: long enough to stop the second in the middle.
+GRID = ["hydra/launcher=basic", "optim.lr=1e-3,2e-3,3e-3", *TINY, "trainer.max_epochs=3",
+        "++trainer.limit_train_batches=200"]  # fmt: skip
+
+
+def _metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def _numbers(metrics: dict) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMES} for row in metrics["history"]]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _stop_when(command: list[str], ready, sweep_dir: Path) -> int:
+    """Start a sweep, send it SIGTERM once ready() holds, return its exit status."""
+    process = subprocess.Popen([sys.executable, "train.py", "-m", *command, f"hydra.sweep.dir={sweep_dir}"],
+                               cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 180
+    try:
+        while not ready() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=120)
+    finally:
+        process.kill()  # never leave a sweep behind when the test fails
+
+
+def test_a_grid_sweep_stopped_in_job_2_resumes_without_training_job_1_again(tmp_path, make_cfg):
+    second = tmp_path / "1" / "checkpoints" / "last.ckpt"
+    assert _stop_when(GRID, second.exists, tmp_path) == 143  # stopped in its second epoch or later
+    assert _metrics(tmp_path / "1")["status"] == "interrupted" and not (tmp_path / "2").exists()
+    first_job = _files(tmp_path / "0")
+
+    result = run_cli("train.py", "-m", *GRID, f"hydra.sweep.dir={tmp_path}", "resume=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _files(tmp_path / "0") == first_job  # completed: kept byte for byte, not retrained
+    straight = train(make_cfg(*GRID[2:], "optim.lr=2e-3"))  # job 2 uninterrupted
+    assert _numbers(_metrics(tmp_path / "1")) == _numbers(straight)
+    assert _metrics(tmp_path / "1")["test_acc"] == straight["test_acc"]
+    assert _metrics(tmp_path / "2")["status"] == "completed"
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("| completed |") == 3 and summary.count("\n| ") == 4  # header + 3 jobs, each once
+    assert "resume=" not in summary
+
+
+def test_resume_refuses_another_configuration_or_a_folder_without_a_sweep(tmp_path):
+    sweep = ["optim.lr=1e-3,2e-3", *TINY, f"hydra.sweep.dir={tmp_path}"]
+    assert run_cli("train.py", "-m", *sweep).returncode == 0
+    before = _files(tmp_path)
+    changed = run_cli("train.py", "-m", *sweep, "trainer.max_epochs=2", "resume=true")
+    assert changed.returncode != 0
+    assert changed.stderr.strip().splitlines()[-1].startswith(
+        "trainer.max_epochs=2 is not allowed on resume: job 0 (optim.lr=0.001) was run with trainer.max_epochs=1"
+    )
+    assert _files(tmp_path) == before  # nothing written
+    missing = run_cli("train.py", "-m", *sweep[:-1], f"hydra.sweep.dir={tmp_path / 'nowhere'}", "resume=true")
+    assert missing.returncode != 0 and "does not exist" in missing.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_an_interrupted_fused_group_resumes_every_member(tmp_path):
+    fused = ["hydra/launcher=fused", *GRID[1:]]
+    assert _stop_when(fused, (tmp_path / "2" / "checkpoints" / "last.ckpt").exists, tmp_path) == 143
+    assert {_metrics(tmp_path / str(job))["status"] for job in range(3)} == {"interrupted"}
+    result = run_cli("train.py", "-m", *fused, f"hydra.sweep.dir={tmp_path}", "resume=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in range(3):  # each member from its own last.ckpt, to the end
+        metrics = _metrics(tmp_path / str(job))
+        assert metrics["status"] == "completed" and [row["epoch"] for row in metrics["history"]] == [0, 1, 2]
+
+
+def test_an_interrupted_optuna_search_finishes_its_trials_in_new_folders(tmp_path):
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", *TINY]
+    third = tmp_path / "2" / ".hydra"
+    assert _stop_when(search, third.exists, tmp_path) != 0
+    assert all(_metrics(tmp_path / str(job))["status"] == "completed" for job in range(2))
+    again = run_cli("train.py", "-m", *search, f"hydra.sweep.dir={tmp_path}")
+    assert again.returncode != 0 and "already holds an Optuna search" in again.stderr  # not without resume=true
+    result = run_cli("train.py", "-m", *search, f"hydra.sweep.dir={tmp_path}", "resume=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="lenet_regularization", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len(study.trials) == 4  # the original total: 2 done, 1 interrupted (failed), 1 new
+    assert [t.state.name for t in study.trials].count("COMPLETE") == 3
+    assert _metrics(tmp_path / "3")["status"] == "completed"  # the new trial, in a new folder
