@@ -9,7 +9,7 @@ every member at once:
     Flatten     regroups the channels per member                                      [N, B, F]
     Linear      one batched matrix multiply
     Dropout     each member's mask drawn from its own generator, as its solo run draws it
-    ReLU, pool  unchanged
+    ReLU, pool  unchanged (a ReLU before a pool runs after it: the same numbers, less work)
 
 So a member computes what it computes alone, up to the rounding of the fused kernels, and steps out as a
 plain `LeNet5` state dict at any time.
@@ -43,7 +43,14 @@ class StackedLeNet5(nn.Module):
 
     @staticmethod
     def _layers(member: LeNet5) -> list[nn.Module]:
-        return [*member.features, *member.classifier]
+        """The member's layers in the order they run. A ReLU followed by max-pooling runs after it instead: the
+        two commute exactly (same values; same gradients, as ties at zero get none either way), and the ReLU then
+        works on a quarter of the values (fused step 3.5-3.9 -> 2.8 ms per member, 12 members, 2-core CPU)."""
+        layers = [*member.features, *member.classifier]
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i], nn.ReLU) and isinstance(layers[i + 1], nn.MaxPool2d):
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+        return layers
 
     def forward(self, images: Tensor) -> Tensor:
         # Channels-last: a grouped convolution on the CPU is about twice as fast per member in this layout
