@@ -69,9 +69,20 @@ def job_hparams(cfg: DictConfig, choices) -> dict:
 
 
 def device_name(device) -> str:
+    """The GPU's name, or the CPU's model and thread count: where a run's numbers repeat bit for bit."""
     import torch  # here: a sweep's launcher imports this module and leaves torch to the jobs
 
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads, {cpu_model()})"
+
+
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux, or no model line
+        return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def log_summary(metrics: dict, output_dir: Path) -> None:
