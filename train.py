@@ -51,8 +51,10 @@ def train(cfg: DictConfig) -> dict:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from fashion_lenet.callbacks import EpochHistory
+    from fashion_lenet.console import quiet_lightning
     from fashion_lenet.module import LeNetModule
 
+    quiet_lightning()
     hydra_cfg = HydraConfig.get()
     validate(cfg, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
     output_dir = Path(hydra_cfg.runtime.output_dir)

@@ -4,20 +4,23 @@
 #   1. the CUDA-graph tests: "no host sync per training step" (deterministic on and off), runs that repeat,
 #      the first replay's dropout mask with a lagging capture stream (and that test against a TrainStep
 #      without the fix, where it must fail);
-#   2. the 12-job study with joblib, timed four ways: the defaults 12 at once (joblib's default on a 16-core
+#   2. fused sweeps (issue 18): the 36-job seed study with hydra/launcher=fused, wall time start-up included
+#      (target: <= 20 s on one H200), and model-steps per second fused vs one job at a time, N = 1, 4, 12, 36;
+#   3. the 12-job study with joblib, timed four ways: the defaults 12 at once (joblib's default on a 16-core
 #      machine) and 4 at once; the fastest settings (no deterministic kernels, TF32 matmuls) 6 at once, the
 #      recipe of docs/performance.md; TF32 matmuls alone 4 at once; each with when its jobs started and ended,
 #      so start-up and training separate; the two default sweeps (same deterministic jobs) must give every job
 #      the same curves;
-#   3. the same dropout run in 4 processes at once (CUDA graph), then in 2 (eager): do they repeat across
+#   4. the same dropout run in 4 processes at once (CUDA graph), then in 2 (eager): do they repeat across
 #      processes, as the in-process test says they do within one?
-#   4. import times: the launcher's (`import train`) and a worker's (train.py's imports plus Lightning's);
-#   5. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
-#   6. the report of the first sweep.
+#   5. import times: the launcher's (`import train`) and a worker's (train.py's imports plus Lightning's);
+#   6. the epoch bench (naive vs project vs floors, with variants, the last repeating the defaults);
+#   7. the report of the first sweep.
 # Everything lands in reports/gpu_check/. Run by `make gpu-check`; PY=python3 scripts/gpu_check.sh where the
 # packages are installed without the project's .venv. A dry run on a CPU (tests skip, tiny jobs):
 #   BENCH_ARGS="--epochs 2 --limit-batches 5" SWEEP_ARGS="trainer.max_epochs=1 ++trainer.limit_train_batches=2" \
-#     REPEAT_ARGS="trainer.max_epochs=1 ++trainer.limit_train_batches=2 threads=1" scripts/gpu_check.sh
+#     REPEAT_ARGS="trainer.max_epochs=1 ++trainer.limit_train_batches=2 threads=1" FUSED_BENCH_ARGS="--limit-batches 3" \
+#     scripts/gpu_check.sh
 set -u -o pipefail
 PY=${PY:-.venv/bin/python}
 BENCH_ARGS=${BENCH_ARGS:---epochs 4}
@@ -96,6 +99,16 @@ print(f"{label}: {time.time() - start:.1f} s wall; {len(logs)} jobs started at +
 EOF
     cp "$OUT/$name/summary.md" "$OUT/${name}_summary.md" 2>/dev/null  # $OUT's deep folders may not come back
 }
+start=$(date +%s.%N)
+# shellcheck disable=SC2086
+$PY train.py -m experiment=seed_study hydra/launcher=fused callbacks.progress_bar.refresh_rate=0 \
+    hydra.sweep.dir=$OUT/seed_study_fused $SWEEP_ARGS > $OUT/seed_study_fused.log 2>&1 || status=1
+echo "36-job seed study, hydra/launcher=fused: $($PY -c "import time; print(f'{time.time() - $start:.1f}')") s wall" \
+    | tee $OUT/fused.txt
+cp "$OUT/seed_study_fused/summary.md" "$OUT/seed_study_fused_summary.md" 2>/dev/null
+# shellcheck disable=SC2086
+$PY -m fashion_lenet.bench --json --fused 1,4,12,36 ${FUSED_BENCH_ARGS:-} | tee $OUT/bench_fused.json || status=1
+
 sweep sweep 12
 sweep sweep_4_at_once 4
 # The two sweeps above ran the same deterministic jobs, 12 and 4 at once: every job's curves must be equal.

@@ -77,3 +77,27 @@ def test_used_by_command_creates_six_complete_job_folders(tmp_path):
     assert {(m["model"], m["lr"]) for m in written} == expected
     summary = (tmp_path / "summary.md").read_text()
     assert summary.count("| completed |") == 6
+
+
+# What Lightning prints that a user cannot act on (fashion_lenet/console.py drops it)
+NOISE = ("💡 Tip", "litlogger", "LeafSpec", "GPU available: False", "TPU available: False", "log_every_n_steps",
+         "`weights_only` was not set")  # fmt: skip
+
+
+def _message(line: str) -> str:
+    """A console line without what its handler adds: `[time][logger][LEVEL] - ` (Hydra's) or `INFO: ` (Lightning's)."""
+    return line.split("] - ", 1)[1] if "] - " in line else line.removeprefix("INFO: ")
+
+
+def test_the_console_shows_each_message_once_and_none_of_lightnings_noise(tmp_path):
+    single = run_cli("train.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    sweep = run_cli("train.py", "-m", "seed=0,1", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    for result, log_file in ((single, tmp_path / "run" / "train.log"), (sweep, tmp_path / "sweep" / "1" / "train.log")):
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        assert not [line for line in lines if line.startswith("INFO: ")]  # Lightning's own handler: gone
+        messages = [_message(line) for line in lines]
+        assert not [a for a, b in zip(messages, messages[1:], strict=False) if a == b], "a message printed twice"
+        assert not [line for line in lines if any(noise in line for noise in NOISE)]
+        logged = log_file.read_text().splitlines()
+        assert len(logged) == len(set(logged)) and any("Seed set to" in line for line in logged)

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from fashion_lenet.callbacks import BestCheckpointFigures, EpochHistory, log_test_figures
+from fashion_lenet.console import quiet_lightning
 from fashion_lenet.data import FashionMNISTDataModule, StackedFashionMNIST
 from fashion_lenet.fused import StackedLeNet5
 from fashion_lenet.module import MAX_MISCLASSIFIED, NUM_CLASSES, skip_per_step_gpu_lookup
@@ -281,6 +282,7 @@ def train_group(members: list[Member], group: dict) -> list[dict]:
 
     group: what metrics.json records of the group (its id, its members' job numbers).
     """
+    quiet_lightning()
     cfg = members[0].cfg  # the settings every member shares
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
