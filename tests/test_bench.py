@@ -16,10 +16,10 @@ def test_bench_smoke_run_reports_every_pipeline_and_the_ratio():
 
 
 def test_fused_bench_reports_solo_and_fused_model_steps_per_second():
-    result = run_cli("-m", "fashion_lenet.bench", "--fused", "1,2", "--limit-batches", "3", "--json")
+    result = run_cli("-m", "fashion_lenet.bench", "--fused", "2", "--limit-batches", "3", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout[result.stdout.index("{") :])
-    assert list(report["members"]) == ["1", "2"] and report["device"].startswith("cpu")
+    assert list(report["members"]) == ["2"] and report["device"].startswith("cpu")
     for row in report["members"].values():
         ratio = row["fused_model_steps_per_s"] / row["solo_model_steps_per_s"]
         assert row["speedup"] == pytest.approx(ratio)

@@ -51,8 +51,9 @@ def _fused_sweep(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
     return run_cli("train.py", *FUSED, *TINY, *overrides, f"hydra.sweep.dir={sweep_dir}")
 
 
-@pytest.mark.parametrize("steps", [1, 30])
-@pytest.mark.parametrize("variant", ["dropout", "bn_pre"])
+# Dropout over 30 steps (its masks keep matching), BatchNorm's statistics after 1 step, at the tight bound; the other
+# two pairings were measured too (TOLERANCES) and are left out to keep make test short.
+@pytest.mark.parametrize(("variant", "steps"), [("dropout", 30), ("bn_pre", 1)])
 def test_a_fused_member_starts_from_its_solo_weights_and_follows_its_solo_run(tmp_path, make_cfg, variant, steps):
     loss_rtol, acc_atol = TOLERANCES[steps]
     limit = f"++trainer.limit_train_batches={steps}"

@@ -14,10 +14,10 @@ from fashion_lenet.config import PROJECT_ROOT, compose_job
 from train import train
 
 TIMES = ("train_time_s", "epoch_time_s")
-# Three jobs of two 200-step epochs: long enough to stop the second in its second epoch. One thread, so that the
+# Three jobs of two 120-step epochs: long enough to stop the second in its second epoch. One thread, so that the
 # reference run in this process (whatever thread count earlier tests left) adds in the sweep's order.
 GRID = ["hydra/launcher=basic", "optim.lr=1e-3,2e-3,3e-3", *TINY, "trainer.max_epochs=2",
-        "++trainer.limit_train_batches=200", "threads=1"]  # fmt: skip
+        "++trainer.limit_train_batches=120", "threads=1"]  # fmt: skip
 
 
 def _metrics(job_dir: Path) -> dict:
@@ -95,15 +95,20 @@ def test_an_interrupted_fused_group_resumes_every_member(tmp_path):
 
 
 def test_an_interrupted_optuna_search_finishes_its_trials_in_new_folders(tmp_path):
-    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", *TINY]
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", *TINY, "++trainer.limit_train_batches=100"]
     third = tmp_path / "2" / ".hydra"
-    assert _stop_when(search, third.exists, tmp_path) != 0
+    assert _stop_when(search, third.exists, tmp_path) != 0  # stopped in trial 3 (or, on a slow start, trial 4)
+    before = {folder.name: _files(folder) for folder in tmp_path.iterdir() if folder.name.isdigit()}
     assert all(_metrics(tmp_path / str(job))["status"] == "completed" for job in range(2))
     again = run_cli("train.py", "-m", *search, f"hydra.sweep.dir={tmp_path}")
     assert again.returncode != 0 and "already holds an Optuna search" in again.stderr  # not without resume=true
     result = run_cli("train.py", "-m", *search, f"hydra.sweep.dir={tmp_path}", "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="lenet_regularization", storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert len(study.trials) == 4  # the original total: 2 done, 1 interrupted (failed), 1 new
+    assert len(study.trials) == 4  # the original total: the interrupted trial counts as failed
     assert [t.state.name for t in study.trials].count("COMPLETE") == 3
-    assert _metrics(tmp_path / "3")["status"] == "completed"  # the new trial, in a new folder
+    for name, files in before.items():  # no folder reused: the old ones are as they were
+        assert _files(tmp_path / name) == files
+    new = [folder for folder in tmp_path.iterdir() if folder.name.isdigit() and folder.name not in before]
+    assert all(_metrics(folder)["status"] == "completed" for folder in new)
+    assert len(before) + len(new) == 4
