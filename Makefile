@@ -35,7 +35,7 @@ data: $(STAMP) ## put Fashion-MNIST in data/ (Debian package, else torchvision's
 train: install ## train the 15-epoch baseline (python train.py); overrides: make train ARGS="model=bn_pre"
 	$(PY) train.py $(ARGS)
 
-test: install ## run the test suite (real data, tiny limits: about 3 minutes on 2 CPU cores)
+test: install ## run the test suite (real data, tiny limits: about 8 minutes on 2 CPU cores)
 	$(PY) -m pytest $(ARGS)
 
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
