@@ -234,9 +234,6 @@ class StackedFashionMNIST(FashionMNISTDataModule):
         """What member's solo FashionMNISTDataModule would save: its checkpoints resume as solo runs."""
         return {"shuffle_generator": self.shuffle_generators[member].get_state()}
 
-    def load_member_state_dict(self, member: int, state_dict: dict) -> None:
-        self.shuffle_generators[member].set_state(state_dict["shuffle_generator"])
-
 
 if __name__ == "__main__":
     import argparse

@@ -31,7 +31,7 @@ from fashion_lenet.callbacks import BestCheckpointFigures, EpochHistory, log_tes
 from fashion_lenet.console import quiet_lightning
 from fashion_lenet.data import FashionMNISTDataModule, StackedFashionMNIST
 from fashion_lenet.fused import StackedLeNet5
-from fashion_lenet.module import MAX_MISCLASSIFIED, NUM_CLASSES, skip_per_step_gpu_lookup
+from fashion_lenet.module import MAX_MISCLASSIFIED, NUM_CLASSES, set_fit_flags
 from fashion_lenet.results import (
     METRICS_FILE,
     best_checkpoint_results,
@@ -89,10 +89,7 @@ class GroupModule(pl.LightningModule):
         return self.stacked.members
 
     def on_fit_start(self) -> None:
-        torch.utils.deterministic.fill_uninitialized_memory = False  # as LeNetModule.on_fit_start, and why
-        torch.backends.cudnn.allow_tf32 = False
-        if self.device.type == "cpu":
-            skip_per_step_gpu_lookup()
+        set_fit_flags(self.device)
 
     def configure_optimizers(self):
         # One optimizer of the members' class; each member's parameters form a param group with its own lr,

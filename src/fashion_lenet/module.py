@@ -29,6 +29,18 @@ def skip_per_step_gpu_lookup() -> None:
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
 
+def set_fit_flags(device: torch.device) -> None:
+    """torch's global settings for training, solo or fused."""
+    # Deterministic kernels stay (trainer.deterministic), but new tensors are not NaN-filled first: the fill
+    # only exposes reads of uninitialized memory and costs one kernel per allocation on a GPU.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    # Full FP32 convolutions, also faster here: with deterministic algorithms cuDNN's TF32 weight gradient of
+    # conv1 took 74 of a step's 354 us of GPU time on an H200, its FP32 choice 28 (295 us per step).
+    torch.backends.cudnn.allow_tf32 = False
+    if device.type == "cpu":
+        skip_per_step_gpu_lookup()
+
+
 def _mean() -> MeanMetric:
     return MeanMetric(nan_strategy="disable")  # a NaN loss must stay visible: it marks divergence
 
@@ -63,14 +75,7 @@ class LeNetModule(pl.LightningModule):
         return self.train_step is not None and self.train_step.graph is not None
 
     def on_fit_start(self) -> None:
-        # Deterministic kernels stay (trainer.deterministic), but new tensors are not NaN-filled first: the fill
-        # only exposes reads of uninitialized memory and costs one kernel per allocation on a GPU.
-        torch.utils.deterministic.fill_uninitialized_memory = False
-        # Full FP32 convolutions, also faster here: with deterministic algorithms cuDNN's TF32 weight gradient of
-        # conv1 took 74 of a step's 354 us of GPU time on an H200, its FP32 choice 28 (295 us per step).
-        torch.backends.cudnn.allow_tf32 = False
-        if self.device.type == "cpu":
-            skip_per_step_gpu_lookup()
+        set_fit_flags(self.device)
 
     def on_train_start(self) -> None:
         # Here the net is on its device and any checkpoint is restored: what a graph records must not move.
