@@ -29,7 +29,6 @@ from fashion_lenet.results import (
     device_name,
     job_hparams,
     library_versions,
-    log_summary,
     write_json_atomic,
 )
 from fashion_lenet.resume import how_to_resume, last_checkpoint
@@ -100,7 +99,6 @@ def train(cfg: DictConfig) -> dict:
     metrics["wall_time_s"] = time.perf_counter() - start
     if trainer.is_global_zero:  # one writer when several processes train one model (DDP)
         write_json_atomic(output_dir / METRICS_FILE, metrics)
-        log_summary(metrics, output_dir)
     return metrics
 
 

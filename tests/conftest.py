@@ -56,3 +56,10 @@ def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: float = 600) -> subpr
     """Run a project command the way a user types it."""
     env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT / "tests")}  # conftest's probes
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def tensorboard_run(job_dir: Path) -> Path:
+    """The job's TensorBoard run: the one folder in the job's folder with event files (named by its settings)."""
+    runs = {events.parent for events in Path(job_dir).glob("*/events.out.tfevents.*")}
+    assert len(runs) == 1, runs
+    return runs.pop()

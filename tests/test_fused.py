@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, tensorboard_run
 
 from fashion_lenet.config import PROJECT_ROOT
 from fashion_lenet.evaluate import evaluate
@@ -97,7 +97,9 @@ def test_used_by_sweep_fuses_into_two_groups_whose_members_write_what_solo_jobs_
         restored = LeNetModule.load_from_checkpoint(job / "checkpoints" / "last.ckpt", map_location="cpu")
         assert restored.hparams.optimizer["lr"] == metrics["lr"]  # its own optimizer, not the group's
         assert restored(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-        events = EventAccumulator(str(job / "tensorboard"))
+        run = tensorboard_run(job)
+        assert run.name == f"model={metrics['model']},optim.lr={metrics['lr']}"  # what differs between the jobs
+        events = EventAccumulator(str(run))
         events.Reload()
         for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test_best/acc", "hp/test_acc"):
             assert len(events.Scalars(tag)) == 1, tag

@@ -1,4 +1,5 @@
-"""Config checks in one table, run before any work; the `project_root` resolver; in-process composition."""
+"""Config checks in one table, run before any work; the `project_root` and `run_name` resolvers; in-process
+composition."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_lenet.errors import ConfigError
+from fashion_lenet.naming import run_name
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+OmegaConf.register_new_resolver("run_name", lambda: run_name(HydraConfig.get()), replace=True)  # the job's own
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's choices

@@ -2,8 +2,9 @@
 
 The `lightning` package puts its own console handler on the "lightning" logger, and its records also reach the
 root logger that Hydra configured (console and the job's log file): every line twice. Once Hydra's logging is
-set up, that handler goes. Lightning's messages a user cannot act on are dropped by their text and logger, and
-the one warning of that kind by its text and module; every other message and warning stays.
+set up, that handler goes. Messages that say nothing the job's own lines (results.JobOutcome) do not say better
+are dropped by their text and logger, and Lightning's one warning of that kind by its text and module; every
+other message and warning stays.
 """
 
 from __future__ import annotations
@@ -11,22 +12,44 @@ from __future__ import annotations
 import logging
 import warnings
 
-# (logger, start of the message): Lightning's notes that say nothing about this run
+_RANK_ZERO = "lightning.pytorch.utilities.rank_zero"
+# (logger, start of the message)
 NOISE = (
-    ("lightning.pytorch.utilities.rank_zero", "💡 Tip:"),  # an advertisement for another logger
-    ("lightning.pytorch.utilities.rank_zero", "GPU available: False"),  # kept when there is a GPU
-    ("lightning.pytorch.utilities.rank_zero", "TPU available: False"),
+    (_RANK_ZERO, "💡 Tip:"),  # an advertisement for another logger
+    (_RANK_ZERO, "GPU available: False"),  # kept when there is a GPU
+    (_RANK_ZERO, "TPU available: False"),
     ("lightning.pytorch.trainer.connectors.checkpoint_connector", "`weights_only` was not set"),
+    ("lightning.fabric.utilities.seed", "Seed set to"),  # the seed is in the config, metrics.json, the job line
+    (_RANK_ZERO, "`Trainer.fit` stopped: `max_epochs="),  # the planned end; other reasons to stop still show
+    # Testing the best checkpoint (the job's end line says so). A resume still shows "Restored all states from".
+    (_RANK_ZERO, "Restoring states from the checkpoint path at"),
+    (_RANK_ZERO, "Loaded model weights from the checkpoint at"),
 )
+# Hydra's basic launcher lists each job's overrides, all of them, as it starts it: the job's start line
+# (`[4/6] job 3: model=bn_pre optim.lr=0.001`) names what sets it apart.
+LAUNCHER_NOISE = (("hydra._internal.core_plugins.basic_launcher", "\t#"),)
 
 
 class _DropNoise(logging.Filter):
+    def __init__(self, noise: tuple[tuple[str, str], ...]):
+        super().__init__()
+        self.noise = noise
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(record.name == name and message.startswith(start) for name, start in NOISE)
+        return not any(record.name == name and message.startswith(start) for name, start in self.noise)
 
 
-_DROP_NOISE = _DropNoise()
+def _drop(noise: tuple[tuple[str, str], ...]) -> None:
+    for name in {name for name, _ in noise}:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) and f.noise == noise for f in logger.filters):
+            logger.addFilter(_DropNoise(noise))
+
+
+def quiet_launcher() -> None:
+    """Call in a sweeper's setup, before jobs launch (idempotent)."""
+    _drop(LAUNCHER_NOISE)
 
 
 def quiet_lightning() -> None:
@@ -35,10 +58,7 @@ def quiet_lightning() -> None:
     if logging.getLogger().handlers:  # Hydra's handlers print and file every record once
         for handler in list(lightning.handlers):
             lightning.removeHandler(handler)
-    for name in {name for name, _ in NOISE}:
-        logger = logging.getLogger(name)
-        if _DROP_NOISE not in logger.filters:
-            logger.addFilter(_DROP_NOISE)
+    _drop(NOISE)
     # Raised inside Lightning's own pytree helper on torch >= 2.10, twice per job; nothing a user can change.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             module="lightning.pytorch.utilities._pytree")  # fmt: skip

@@ -248,8 +248,8 @@ class MemberOutputs(Checkpoint):
             member.history.history.append(row)
             member.logger.log_metrics(
                 {"train/loss": row["train_loss"], "train/acc": row["train_acc"], "val/loss": row["val_loss"],
-                 "val/acc": row["val_acc"], "test/acc": row["test_acc"], "epoch": trainer.current_epoch},
-                step=trainer.global_step,
+                 "val/acc": row["val_acc"], "test/acc": row["test_acc"]},
+                step=trainer.current_epoch,  # the epoch, as the solo module logs it
             )  # fmt: skip
             if not math.isfinite(row["train_loss"]):
                 member.history.diverged, pl_module.active[n] = True, False
@@ -342,7 +342,7 @@ def train_group(members: list[Member], group: dict) -> list[dict]:
                 test_losses[n], module.confusions[n].compute(),
             )  # fmt: skip
             member.logger.log_metrics({"test_best/loss": test_losses[n], "test_best/acc": test_accuracies[n]},
-                                      step=trainer.global_step)  # fmt: skip
+                                      step=trainer.current_epoch)  # fmt: skip
             log_test_figures(member.logger.experiment, module.confusions[n].compute(), module.misclassified_images(n))
             member.logger.log_hyperparams(
                 member.hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]}

@@ -115,6 +115,10 @@ class LeNetModule(pl.LightningModule):
         for name in ("loss", "acc"):
             self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], on_step=False, on_epoch=True,
                      add_dataloader_idx=False)  # fmt: skip
+        if stage != "test":  # the test curve is logged with validation's metrics, at validation's step
+            # A logged "step" is the x of Lightning's logging call: the epoch, as in the study's figures, where
+            # batch counts differ with batch size; and no "epoch" curve of Lightning's own leads TensorBoard.
+            self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, add_dataloader_idx=False)
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         # Loader 1 is the test set: a curve for the seed's Figure 1, never used for selection.

@@ -16,6 +16,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from fashion_lenet.naming import job_settings, job_title
+
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.md"
 log = logging.getLogger("train")
@@ -85,19 +87,17 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def log_summary(metrics: dict, output_dir: Path) -> None:
-    """The job's last line on the terminal."""
-    if metrics["status"] != "completed":
-        log.warning("status: diverged (the training loss stopped being finite); see %s", output_dir)
-        return
-    log.info(
-        "best epoch %d: val acc %.2f%%, test acc %.2f%% (best checkpoint) in %.0f s; outputs in %s",
-        metrics["best_epoch"],
-        100 * metrics["best_val_acc"],
-        100 * metrics["test_acc"],
-        metrics["wall_time_s"],
-        output_dir,
-    )
+def outcome(metrics: dict | None) -> str:
+    """A job's end, in words: `completed in 41 s: best epoch 9, val acc 90.12%, test acc 89.80% (best checkpoint)`."""
+    metrics = metrics or {"status": "incomplete"}
+    if metrics["status"] == "completed":
+        return (
+            f"completed in {metrics['wall_time_s']:.0f} s: best epoch {metrics['best_epoch']}, val acc "
+            f"{100 * metrics['best_val_acc']:.2f}%, test acc {100 * metrics['test_acc']:.2f}% (best checkpoint)"
+        )
+    if metrics["status"] == "diverged":
+        return f"diverged in epoch {len(metrics['history']) - 1}: the training loss stopped being finite"
+    return f"{metrics['status']}: {metrics['error']}" if metrics.get("error") else metrics["status"]
 
 
 def best_checkpoint_results(history: list[dict], best_val_acc: float, best_checkpoint: str, test_acc: float,
@@ -155,8 +155,13 @@ def _percent(value: float | None) -> str:
 
 
 class JobOutcome(Callback):
-    """Hydra callback: a job that raised still gets a metrics.json saying so, and every job refreshes
-    the sweep's summary.md, so an overnight sweep always shows what finished, failed or diverged."""
+    """Hydra callback: a line when a sweep's job starts and when any job ends; a job that raised still gets a
+    metrics.json saying so, and every job refreshes the sweep's summary.md, so an overnight sweep always shows
+    what finished, failed or diverged."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode.name == "MULTIRUN":
+            log.info(f"{job_title(config.hydra)}: {' '.join(job_settings(config.hydra))}")
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         job_dir = Path(config.hydra.runtime.output_dir)
@@ -164,18 +169,31 @@ class JobOutcome(Callback):
             error = job_return._return_value  # the public getter re-raises the job's exception
             message = " ".join(f"{type(error).__name__}: {error}".split())  # one line, also in summary.md
             write_json_atomic(job_dir / METRICS_FILE, {"status": "failed", "error": message})
+        if os.environ.get("LOCAL_RANK", "0") != "0":  # the other processes of a multi-GPU run: rank 0 says it
+            return
+        metrics = read_metrics(job_dir)
         if config.hydra.mode.name == "MULTIRUN":
+            level = logging.INFO if (metrics or {}).get("status") == "completed" else logging.WARNING
+            log.log(level, f"{job_title(config.hydra)} {outcome(metrics)}")
             sweep_dir = Path(config.hydra.sweep.dir)
             write_atomic(sweep_dir / SUMMARY_FILE, summary_markdown(sweep_dir))
+        elif job_return.status == JobStatus.COMPLETED:  # a failed run's error is Hydra's to print
+            log.info(f"{outcome(metrics)}; outputs in {job_dir}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from fashion_lenet.resume import resume_command  # it reads this module
+        print_sweep_summary(Path(config.hydra.sweep.dir))
 
-        sweep_dir = Path(config.hydra.sweep.dir)
-        summary = sweep_dir / SUMMARY_FILE
-        if summary.is_file():
-            print(f"\nSweep summary ({summary}):\n{summary.read_text()}")
-        statuses = {(read_metrics(job) or {}).get("status") for job in sweep_dir.iterdir() if (job / ".hydra").is_dir()}
-        if statuses - {"completed"}:
-            mode = "retry" if statuses & {"failed", "diverged"} else "true"
-            print(f"Not every job completed; to finish the sweep: {resume_command(sweep_dir, mode)}")
+
+def print_sweep_summary(sweep_dir: Path) -> None:
+    """summary.md on the terminal, and the command that finishes the sweep if a job did not complete."""
+    from fashion_lenet.resume import resume_command  # it reads this module
+
+    summary = sweep_dir / SUMMARY_FILE
+    if not sweep_dir.is_dir():  # the sweep stopped before its first job
+        return
+    if summary.is_file():
+        print(f"\nSweep summary ({summary}):\n{summary.read_text()}")
+    statuses = {(read_metrics(job) or {}).get("status") for job in sweep_dir.iterdir() if (job / ".hydra").is_dir()}
+    if statuses - {"completed"}:
+        mode = "retry" if statuses & {"failed", "diverged"} else "true"
+        print(f"Not every job completed; to finish the sweep: {resume_command(sweep_dir, mode)}")

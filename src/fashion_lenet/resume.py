@@ -19,17 +19,18 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_lenet.errors import ConfigError
+from fashion_lenet.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_key
 from fashion_lenet.results import METRICS_FILE, read_metrics
 
 log = logging.getLogger(__name__)
 
-HOW_TO_CONTINUE = ("resume", "ckpt_path")  # how a run is continued, not what it trains
 KEPT = {True: ("completed", "failed", "diverged"), "retry": ("completed",)}  # per resume mode
-OUTPUTS = ("checkpoints", "tensorboard", METRICS_FILE)  # what a retried job starts again without
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
+def _outputs(folder: Path) -> list[Path]:
+    """What a retried job starts again without: checkpoints, metrics.json, its TensorBoard run."""
+    runs = {events.parent for events in folder.glob("*/events.out.tfevents.*")}
+    return [folder / "checkpoints", folder / METRICS_FILE, *sorted(runs)]
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -45,7 +46,7 @@ def job_folders(sweep_dir: Path) -> list[Path]:
 
 def _overrides(folder: Path) -> dict[str, str]:
     overrides = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
-    return {_key(o): o for o in overrides if _key(o) not in HOW_TO_CONTINUE}
+    return {override_key(o): o for o in overrides if override_key(o) not in HOW_TO_CONTINUE}
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -78,7 +79,7 @@ def plan(sweep_dir: Path, grid: list[list[str]], compose: Callable[[list[str]], 
     free = 1 + max((int(name) for name in taken if name.isdigit()), default=-1)  # the first number after them
     launches, retried, kept = [], [], 0
     for position, overrides in enumerate(grid, first_position):
-        mine = {_key(o): o for o in overrides}
+        mine = {override_key(o): o for o in overrides}
         folder = by_values.pop(tuple(sorted(mine[k] for k in varying if k in mine)), None)
         if folder is None:  # never started: its grid position, unless an old job has that folder
             name = str(position)
@@ -102,8 +103,7 @@ def plan(sweep_dir: Path, grid: list[list[str]], compose: Callable[[list[str]], 
             retried.append(folder)
         launches.append([*overrides, f"hydra.sweep.subdir={folder.name}"])
     for folder in retried:  # only once every job is checked: a refused resume changes nothing
-        for name in OUTPUTS:
-            path = folder / name
+        for path in _outputs(folder):
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     log.info(f"Resuming {sweep_dir}: {kept} jobs kept, {len(launches)} to run ({len(retried)} retried)")
     return launches
@@ -125,7 +125,8 @@ def how_to_resume(hydra_cfg) -> str:
 
 def resume_command(sweep_dir: Path, mode: str = "true") -> str:
     """The command that finishes the sweep in sweep_dir: its own command line, with resume set."""
-    hydra = OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra.overrides
-    overrides = [o for o in [*hydra.hydra, *hydra.task] if _key(o) not in ("hydra.sweep.dir", "hydra.mode", "resume")]
+    hydra = OmegaConf.load(Path(sweep_dir) / MULTIRUN_FILE).hydra.overrides
+    replaced = ("hydra.sweep.dir", "hydra.mode", "resume")
+    overrides = [o for o in [*hydra.hydra, *hydra.task] if override_key(o) not in replaced]
     words = ["python", "train.py", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", f"resume={mode}"]
     return " ".join(shlex.quote(word) for word in words)

@@ -27,15 +27,15 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fashion_lenet.config import validate
-from fashion_lenet.errors import ConfigError, DivergedError, UserError
+from fashion_lenet.errors import ConfigError, DivergedError
 from fashion_lenet.resume import last_checkpoint, resume_command
 
 log = logging.getLogger(__name__)
 
 # Config keys that may differ between the members of one group: each member's own number in the fused step
-# (technique is only the report's label).
+# (technique is only the report's label, logger.name the TensorBoard run's).
 PER_MEMBER = ("seed", "data.shuffle_seed", "optim.lr", "optim.weight_decay", "optim.momentum", "model.dropout_p",
-              "technique")  # fmt: skip
+              "technique", "logger.name")  # fmt: skip
 
 
 class Job:
@@ -144,7 +144,7 @@ class FusedLauncher(Launcher):
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")  # fmt: skip
 
     def _start(self, job: Job) -> JobReturn:
-        """run_job's part before the task: the job folder, .hydra/, the job-start callbacks."""
+        """run_job's part before the task, but for the job-start callbacks: the job folder and .hydra/."""
         HydraConfig.instance().set_config(job.config)
         job.output_dir.mkdir(parents=True, exist_ok=True)
         if job.config.hydra.output_subdir is not None:
@@ -152,7 +152,6 @@ class FusedLauncher(Launcher):
             _save_config(job.task_cfg, "config.yaml", hydra_output)
             _save_config(job.config, "hydra.yaml", hydra_output)
             _save_config(job.config.hydra.overrides.task, "overrides.yaml", hydra_output)
-        self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
         ret = JobReturn(overrides=job.overrides, cfg=job.task_cfg, hydra_cfg=copy.deepcopy(job.config),
                         working_dir=os.getcwd())  # fmt: skip
         ret.task_name = JobRuntime.instance().get("name")
@@ -164,43 +163,43 @@ class FusedLauncher(Launcher):
         self.hydra_context.callbacks.on_job_end(config=job.config, job_return=ret)
 
     def _run_group(self, group: list[Job], number: int) -> dict[int, JobReturn]:
-        from fashion_lenet.group import Member, train_group  # torch and Lightning: only now
-        from fashion_lenet.results import job_hparams, log_summary
-
         returns = {job.num: self._start(job) for job in group}
         trained = [job for job in group if job.error is None]
-        for job in group:
-            if job.error is not None:
-                returns[job.num].return_value, returns[job.num].status = job.error, JobStatus.FAILED
         if trained:
             self._log_to_every_job_file(trained)
-            members = [Member(job.resolved, job.output_dir, job_hparams(job.resolved, job.config.hydra.runtime.choices))
-                       for job in trained]  # fmt: skip
-            info = {"id": number, "members": len(trained), "jobs": [job.num for job in trained]}
-            try:
-                outcomes: list = train_group(members, info)
-            except SystemExit:  # Ctrl-C or SIGTERM: every member wrote its last.ckpt and metrics.json
-                log.warning(f"interrupted; resume with: {resume_command(Path(str(self.config.hydra.sweep.dir)))}")
-                raise
-            except Exception as error:  # e.g. a Trainer option the group cannot take: every member failed
-                outcomes = [error] * len(trained)
-            for job, outcome in zip(trained, outcomes, strict=True):
-                ret = returns[job.num]
-                if isinstance(outcome, Exception):
-                    ret.return_value, ret.status = outcome, JobStatus.FAILED
-                elif outcome["status"] == "diverged":
-                    epoch = len(outcome["history"]) - 1
-                    message = f"training diverged in epoch {epoch}: the loss is no longer finite (job marked diverged)"
-                    ret.return_value, ret.status = DivergedError(message), JobStatus.FAILED
-                else:
-                    ret.return_value, ret.status = outcome["best_val_acc"], JobStatus.COMPLETED
-                    log_summary(outcome, job.output_dir)
+        for job in group:  # the job-start callbacks, once the group's logging is set up
+            HydraConfig.instance().set_config(job.config)
+            self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
+            if job.error is not None:
+                returns[job.num].return_value, returns[job.num].status = job.error, JobStatus.FAILED
+        for job, outcome in zip(trained, self._train(trained, number) if trained else [], strict=True):
+            ret = returns[job.num]
+            if isinstance(outcome, Exception):
+                ret.return_value, ret.status = outcome, JobStatus.FAILED
+            elif outcome["status"] == "diverged":
+                epoch = len(outcome["history"]) - 1
+                message = f"training diverged in epoch {epoch}: the loss is no longer finite (job marked diverged)"
+                ret.return_value, ret.status = DivergedError(message), JobStatus.FAILED
+            else:
+                ret.return_value, ret.status = outcome["best_val_acc"], JobStatus.COMPLETED
         for job in group:
-            error = returns[job.num]._return_value  # the public getter re-raises a failed job's exception
-            if returns[job.num].status == JobStatus.FAILED and not isinstance(error, UserError):
-                log.error(f"job #{job.num} failed: {error!r}")
             self._finish(job, returns[job.num])
         return returns
+
+    def _train(self, jobs: list[Job], number: int) -> list[dict | Exception]:
+        """Each job's metrics.json content, or the exception that ended the group."""
+        from fashion_lenet.group import Member, train_group  # torch and Lightning: only now
+        from fashion_lenet.results import job_hparams
+
+        members = [Member(job.resolved, job.output_dir, job_hparams(job.resolved, job.config.hydra.runtime.choices))
+                   for job in jobs]  # fmt: skip
+        try:
+            return train_group(members, {"id": number, "members": len(jobs), "jobs": [job.num for job in jobs]})
+        except SystemExit:  # Ctrl-C or SIGTERM: every member wrote its last.ckpt and metrics.json
+            log.warning(f"interrupted; resume with: {resume_command(Path(str(self.config.hydra.sweep.dir)))}")
+            raise
+        except Exception as error:  # e.g. a Trainer option the group cannot take: every member failed
+            return [error] * len(jobs)
 
     @staticmethod
     def _log_to_every_job_file(jobs: list[Job]) -> None:
@@ -215,7 +214,6 @@ class FusedLauncher(Launcher):
             handler.setFormatter(first.formatter)
             handler.setLevel(first.level)
             root.addHandler(handler)
-
 
 
 class _FusedSubmitit(FusedLauncher, BaseSubmititLauncher):

@@ -1,5 +1,5 @@
-"""The sweepers of `train.py -m`: the grid (Hydra's basic sweeper, also checking every job's values before any starts)
-and Optuna's, both resumable in their sweep folder (`resume=true`).
+"""The sweepers of `train.py -m`: the grid (Hydra's basic sweeper, also checking every job's values before any starts,
+and showing the sweep's table when a job failed) and Optuna's, both resumable in their sweep folder (`resume=true`).
 
 Hydra's basic sweeper composes each job of the grid before launching the first, to catch unknown keys and
 groups early; this subclass also runs fashion_lenet.config's value checks on those composed configs, so that
@@ -14,11 +14,14 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_lenet import resume
 from fashion_lenet.config import validate
+from fashion_lenet.console import quiet_launcher
 from fashion_lenet.errors import ConfigError
+from fashion_lenet.naming import MULTIRUN_FILE
+from fashion_lenet.results import print_sweep_summary
 
 log = logging.getLogger(__name__)
 STUDY_FILE = "optuna.db"  # conf/hparams_search/optuna.yaml's storage
@@ -29,20 +32,23 @@ class CheckedBasicSweeper(BasicSweeper):
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        quiet_launcher()
         if config.get("resume"):  # before Hydra creates the sweep folder: a wrong path is refused as it is
             resume.job_folders(Path(config.hydra.sweep.dir))
         self.grid_position = 0
 
     def sweep(self, arguments: list[str]):
-        if not self.config.get("resume"):
-            return super().sweep(arguments)
-        saved = Path(self.config.hydra.sweep.dir) / "multirun.yaml"
-        original = saved.read_bytes() if saved.is_file() else None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        saved = sweep_dir / MULTIRUN_FILE
+        original = saved.read_bytes() if self.config.get("resume") and saved.is_file() else None
         try:
             return super().sweep(arguments)
         except ConfigError:  # refused before any job ran: leave the folder as it was (Hydra rewrote multirun.yaml)
             if original is not None:
                 saved.write_bytes(original)
+            raise
+        except Exception:  # a job failed: Hydra raises its error once the batch ran, skipping on_multirun_end
+            print_sweep_summary(sweep_dir)
             raise
 
     def get_job_batch(self) -> list[list[str]]:
@@ -81,7 +87,11 @@ class ResumableOptunaSweeper(OptunaSweeper):
             raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds an Optuna search: add resume=true to "
                               "continue it, or give another hydra.sweep.dir")  # fmt: skip
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        quiet_launcher()
         sweep_dir.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+        # As Hydra's basic sweeper does (Optuna's does not): the search's command line, which names its jobs
+        # (fashion_lenet.naming) and gives the command that resumes it.
+        OmegaConf.save(config, sweep_dir / MULTIRUN_FILE)
         if resuming:
             self._continue(folders)
 
