@@ -8,6 +8,8 @@ SWEEP  ?= $(lastword $(sort $(wildcard multirun/20*/*)))
 # seconds apt-get waits for a package lock that another apt/dpkg holds, then fails
 APT_LOCK_WAIT ?= 300
 APT_WAIT := -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT)
+# pytest-xdist workers for make test, each running whole test modules (a module's fixtures are built once)
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install data train test bench gpu-check study report tensorboard lint clean
@@ -35,8 +37,8 @@ data: $(STAMP) ## put Fashion-MNIST in data/ (Debian package, else torchvision's
 train: install ## train the 15-epoch baseline (python train.py); overrides: make train ARGS="model=bn_pre"
 	$(PY) train.py $(ARGS)
 
-test: install ## run the test suite (real data, tiny limits: about 8 minutes on 2 CPU cores)
-	$(PY) -m pytest $(ARGS)
+test: install ## run the test suite (real data, tiny limits, two test modules at a time: about 8 minutes on 2 CPU cores)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
 	$(PY) -m fashion_lenet.bench $(ARGS)
@@ -52,8 +54,8 @@ study: install ## run the seed study (4 techniques x 3 lr x 3 seeds), then its r
 report: install ## report of a sweep: make report SWEEP=multirun/<date>/<time> (default: the newest)
 	$(PY) -m fashion_lenet.report $(SWEEP) --out reports/$(notdir $(SWEEP))
 
-tensorboard: install ## open TensorBoard on every run and sweep (http://localhost:6006)
-	$(VENV)/bin/tensorboard --logdir . --port 6006
+tensorboard: install ## TensorBoard on the newest sweep (http://localhost:6006); any folder: make tensorboard SWEEP=outputs
+	$(VENV)/bin/tensorboard --logdir $(or $(SWEEP),outputs) --port 6006
 
 lint: install ## ruff over the code
 	$(VENV)/bin/ruff check src tests train.py
