@@ -15,6 +15,11 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
                      *TINY, f"hydra.sweep.dir={tmp_path}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert _statuses(tmp_path, 2) == ["completed", "completed"]
+    output = result.stdout + result.stderr
+    for start in ("[1/2] job 0: model=baseline", "[2/2] job 1: model=bn_post", "[1/2] job 0 completed in",
+                  "[2/2] job 1 completed in"):  # fmt: skip
+        assert output.count(start) == 1, start  # from the worker processes, once each
+    assert "\t#0 : " not in output  # joblib's list of every job's overrides: the start lines say it shorter
     # joblib gives each of the 2 workers its share of the cores, so they do not fight over threads
     devices = {json.loads((tmp_path / str(job) / "metrics.json").read_text())["device"] for job in range(2)}
     assert len(devices) == 1 and devices.pop().startswith("cpu (")

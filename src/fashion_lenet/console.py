@@ -25,9 +25,10 @@ NOISE = (
     (_RANK_ZERO, "Restoring states from the checkpoint path at"),
     (_RANK_ZERO, "Loaded model weights from the checkpoint at"),
 )
-# Hydra's basic launcher lists each job's overrides, all of them, as it starts it: the job's start line
+# Hydra's basic and joblib launchers list each job's overrides, all of them: the job's start line
 # (`[4/6] job 3: model=bn_pre optim.lr=0.001`) names what sets it apart.
-LAUNCHER_NOISE = (("hydra._internal.core_plugins.basic_launcher", "\t#"),)
+LAUNCHER_NOISE = (("hydra._internal.core_plugins.basic_launcher", "\t#"),
+                  ("hydra_plugins.hydra_joblib_launcher._core", "\t#"))  # fmt: skip
 
 
 class _DropNoise(logging.Filter):
