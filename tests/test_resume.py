@@ -98,6 +98,11 @@ def test_an_interrupted_optuna_search_finishes_its_trials_in_new_folders(tmp_pat
     search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", *TINY, "++trainer.limit_train_batches=100"]
     third = tmp_path / "2" / ".hydra"
     assert _stop_when(search, third.exists, tmp_path) != 0  # stopped in trial 3 (or, on a slow start, trial 4)
+    # A trial killed while Hydra wrote its folder leaves .hydra/ without overrides.yaml: no job, but its number
+    # is taken (the stop above can land there too).
+    half_made = tmp_path / str(1 + max(int(f.name) for f in tmp_path.iterdir() if f.name.isdigit())) / ".hydra"
+    half_made.mkdir(parents=True)
+    (half_made / "config.yaml").write_text("")
     before = {folder.name: _files(folder) for folder in tmp_path.iterdir() if folder.name.isdigit()}
     assert all(_metrics(tmp_path / str(job))["status"] == "completed" for job in range(2))
     again = run_cli("train.py", "-m", *search, f"hydra.sweep.dir={tmp_path}")
@@ -111,4 +116,5 @@ def test_an_interrupted_optuna_search_finishes_its_trials_in_new_folders(tmp_pat
         assert _files(tmp_path / name) == files
     new = [folder for folder in tmp_path.iterdir() if folder.name.isdigit() and folder.name not in before]
     assert all(_metrics(folder)["status"] == "completed" for folder in new)
-    assert len(before) + len(new) == 4
+    assert len(before) - 1 + len(new) == 4 and min(int(f.name) for f in new) > int(half_made.parent.name)
+    assert f"\n| {half_made.parent.name} |" not in (tmp_path / "summary.md").read_text()  # no job, no row

@@ -124,15 +124,22 @@ def read_metrics(job_dir: Path) -> dict | None:
         return None
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job folders, in job order: those whose .hydra/ Hydra finished writing (a process killed while
+    it wrote them leaves a folder that is no job)."""
+    folders = (p for p in Path(sweep_dir).iterdir() if (p / ".hydra" / "overrides.yaml").is_file())
+    return sorted(folders, key=_job_number)
+
+
 def summary_markdown(sweep_dir: Path) -> str:
     """One row per job folder: the overrides that differ between jobs, its status and headline numbers."""
-    job_dirs = sorted((p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()), key=_job_number)
+    folders = job_dirs(sweep_dir)
     # `resume=...` says how a job was continued, not what it trained
     overrides = {job: [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("resume=")]
-                 for job in job_dirs}  # fmt: skip
+                 for job in folders}  # fmt: skip
     shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     rows = ["| job | overrides | status | best val acc | test acc | wall s |", "|---|---|---|---|---|---|"]
-    for job_dir in job_dirs:
+    for job_dir in folders:
         metrics = read_metrics(job_dir) or {"status": "incomplete"}
         varying = " ".join(o for o in overrides[job_dir] if o not in shared)
         cells = [_percent(metrics.get("best_val_acc")), _percent(metrics.get("test_acc"))]
@@ -193,7 +200,7 @@ def print_sweep_summary(sweep_dir: Path) -> None:
         return
     if summary.is_file():
         print(f"\nSweep summary ({summary}):\n{summary.read_text()}")
-    statuses = {(read_metrics(job) or {}).get("status") for job in sweep_dir.iterdir() if (job / ".hydra").is_dir()}
+    statuses = {(read_metrics(job) or {}).get("status") for job in job_dirs(sweep_dir)}
     if statuses - {"completed"}:
         mode = "retry" if statuses & {"failed", "diverged"} else "true"
         print(f"Not every job completed; to finish the sweep: {resume_command(sweep_dir, mode)}")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fashion_lenet.errors import ConfigError
 from fashion_lenet.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_key
-from fashion_lenet.results import METRICS_FILE, read_metrics
+from fashion_lenet.results import METRICS_FILE, job_dirs, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ConfigError(f"hydra.sweep.dir={sweep_dir} does not exist: resume=true continues a sweep in its folder")
-    folders = [folder for folder in sweep_dir.iterdir() if (folder / ".hydra" / "overrides.yaml").is_file()]
+    folders = job_dirs(sweep_dir)
     if not folders:
         raise ConfigError(f"hydra.sweep.dir={sweep_dir} holds no sweep (no job folder with .hydra/overrides.yaml)")
-    return sorted(folders, key=lambda f: (not f.name.isdigit(), int(f.name) if f.name.isdigit() else 0, f.name))
+    return folders
 
 
 def _overrides(folder: Path) -> dict[str, str]:

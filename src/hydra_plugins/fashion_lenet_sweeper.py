@@ -82,7 +82,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         sweep_dir, resuming = Path(config.hydra.sweep.dir), config.get("resume")
         if resuming:
-            folders = resume.job_folders(sweep_dir)
+            resume.job_folders(sweep_dir)  # refuses a folder without a sweep
         elif (sweep_dir / STUDY_FILE).exists():
             raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds an Optuna search: add resume=true to "
                               "continue it, or give another hydra.sweep.dir")  # fmt: skip
@@ -93,9 +93,9 @@ class ResumableOptunaSweeper(OptunaSweeper):
         # (fashion_lenet.naming) and gives the command that resumes it.
         OmegaConf.save(config, sweep_dir / MULTIRUN_FILE)
         if resuming:
-            self._continue(folders)
+            self._continue(sweep_dir)
 
-    def _continue(self, folders: list[Path]) -> None:
+    def _continue(self, sweep_dir: Path) -> None:
         import optuna
 
         search = self.sweeper
@@ -104,5 +104,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
             if trial.state == optuna.trial.TrialState.RUNNING:  # stopped mid-trial: its folder says interrupted
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         search.n_trials = max(0, search.n_trials - len(study.trials))
-        search.job_idx = 1 + max((int(f.name) for f in folders if f.name.isdigit()), default=-1)
+        # New trials in new folders, after every numbered one (a trial killed while Hydra set up its folder too).
+        numbered = [int(folder.name) for folder in sweep_dir.iterdir() if folder.name.isdigit()]
+        search.job_idx = 1 + max(numbered, default=-1)
         log.info(f"Resuming the Optuna search: {len(study.trials)} trials done, {search.n_trials} to go")
