@@ -195,9 +195,9 @@ def print_sweep_summary(sweep_dir: Path) -> None:
     """summary.md on the terminal, and the command that finishes the sweep if a job did not complete."""
     from fashion_lenet.resume import resume_command  # it reads this module
 
-    summary = sweep_dir / SUMMARY_FILE
     if not sweep_dir.is_dir():  # the sweep stopped before its first job
         return
+    summary = sweep_dir / SUMMARY_FILE
     if summary.is_file():
         print(f"\nSweep summary ({summary}):\n{summary.read_text()}")
     statuses = {(read_metrics(job) or {}).get("status") for job in job_dirs(sweep_dir)}
