@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import atexit
 import gc
-import logging
-import time
-import warnings
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,24 +16,10 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fashion_lenet.config import validate
-from fashion_lenet.errors import DivergedError
-from fashion_lenet.results import (
-    METRICS_FILE,
-    best_checkpoint_results,
-    device_name,
-    job_hparams,
-    library_versions,
-    write_json_atomic,
-)
-from fashion_lenet.resume import how_to_resume, last_checkpoint
-
-if TYPE_CHECKING:
-    import lightning.pytorch as pl
-
-    from fashion_lenet.module import LeNetModule
-
-log = logging.getLogger("train")
+from fashion_lenet import lifecycle
+from fashion_lenet.config import register_resolvers, validate
+from fashion_lenet.jobfiles import job_hparams
+from fashion_lenet.resume import how_to_resume, solo_checkpoint
 
 
 def train(cfg: DictConfig) -> dict:
@@ -46,21 +27,17 @@ def train(cfg: DictConfig) -> dict:
     # Imported here, in the job's process: a launcher that runs jobs in other processes (joblib, SLURM) then
     # skips torch, Lightning, torchvision and torchmetrics (`import train`: 2 s -> 0.2 s on a 2-core CPU).
     import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from fashion_lenet.callbacks import EpochHistory
     from fashion_lenet.console import quiet_lightning
     from fashion_lenet.module import LeNetModule
 
-    quiet_lightning()
+    quiet_lightning()  # first: Lightning's own console handler would print an early error twice
     hydra_cfg = HydraConfig.get()
     validate(cfg, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.set_float32_matmul_precision(cfg.matmul_precision)
-    pl.seed_everything(cfg.seed, workers=True)
+    ckpt_path = solo_checkpoint(output_dir, cfg.ckpt_path, cfg.resume)  # before anything is built: may refuse
+    lifecycle.prepare(cfg)
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # fails fast, with advice, when the data is missing or corrupted
@@ -68,58 +45,19 @@ def train(cfg: DictConfig) -> dict:
     module = LeNetModule(node("model"), node("optim"), node("scheduler"), cuda_graph=cfg.cuda_graph)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
-
-    start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     history = next(c for c in callbacks if isinstance(c, EpochHistory))
-    hparams = job_hparams(cfg, hydra_cfg.runtime.choices)
-    device = device_name(trainer.strategy.root_device)
-    metrics = hparams | {"device": device, "versions": library_versions(), "started_at": started_at}
-    ckpt_path = cfg.ckpt_path or last_checkpoint(output_dir, cfg.resume)
-    try:
-        with warnings.catch_warnings():
-            if ckpt_path:  # resuming: the run's folder holds its own checkpoints, nothing to warn about
-                warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SystemExit as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit, after saving last.ckpt
-        write_json_atomic(output_dir / METRICS_FILE, metrics | {"status": "interrupted", "history": history.history})
-        log.warning("interrupted; resume with: %s", how_to_resume(hydra_cfg))
-        raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
-    # A copy: testing the best checkpoint restores the callbacks' state, history included, to that epoch's.
-    metrics["history"] = rows = list(history.history)
-    if history.diverged:
-        metrics |= {"status": "diverged", "best_val_acc": None, "test_acc": None}
-    else:
-        metrics |= {"status": "completed"} | evaluate_best_checkpoint(trainer, module, datamodule, rows)
-        trainer.logger.log_hyperparams(
-            hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]}
-        )
-        trainer.logger.finalize("success")  # testing closed the writer; the line above opened a new one
-    metrics["final_train_acc"] = rows[-1].get("train_acc") if rows else None
-    metrics["cuda_graph"] = module.uses_cuda_graph
-    metrics["wall_time_s"] = time.perf_counter() - start
-    if trainer.is_global_zero:  # one writer when several processes train one model (DDP)
-        write_json_atomic(output_dir / METRICS_FILE, metrics)
-    return metrics
+    job = lifecycle.JobRecord(output_dir, job_hparams(cfg, hydra_cfg.runtime.choices), trainer.logger)
+    return lifecycle.run(trainer, module, datamodule, [job], history, ckpt_path, how_to_resume(hydra_cfg))[0]
 
 
-def evaluate_best_checkpoint(trainer: pl.Trainer, module: LeNetModule, datamodule, history: list[dict]) -> dict:
-    """Test the checkpoint with the best validation accuracy, once, on the official test set."""
-    best = trainer.checkpoint_callback.best_model_path  # the monitored callback; last.ckpt has its own
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    best_val_acc = float(trainer.checkpoint_callback.best_model_score)
-    test_acc, test_loss = tested["test_best/acc"], tested["test_best/loss"]
-    return best_checkpoint_results(history, best_val_acc, best, test_acc, test_loss, module.confusion.compute())
+register_resolvers()  # before @hydra.main composes the config: conf/logger's ${run_name:}, conf/data's ${project_root:}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns the best validation accuracy for sweepers; a diverged run fails like any job without a result."""
     freeze_objects_at_exit()  # here, not under __main__: a launcher's worker processes run main() only
-    metrics = train(cfg)
-    if metrics["status"] == "diverged":
-        epoch = len(metrics["history"]) - 1
-        raise DivergedError(f"training diverged in epoch {epoch}: the loss is no longer finite (job marked diverged)")
-    return metrics["best_val_acc"]
+    return lifecycle.result(train(cfg))
 
 
 def freeze_objects_at_exit() -> None:

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from fashion_lenet.config import PROJECT_ROOT
 from fashion_lenet.data import load_images
-from fashion_lenet.fused import StackedLeNet5
+from fashion_lenet.fused import FusedLeNet5, MemberParameters
 from fashion_lenet.models import LeNet5
 
 BATCH = 64
@@ -34,15 +34,20 @@ def _nets(n: int, weights: list[dict] | None) -> list[LeNet5]:
 
 
 def _fused(nets: list[LeNet5]):
-    stack = StackedLeNet5(nets, [None] * len(nets))
-    optimizer = torch.optim.Adam([{"params": list(net.parameters())} for net in nets], lr=1e-3, fused=True)
+    stack = FusedLeNet5(len(nets))
+    for n, net in enumerate(nets):
+        stack.load_member(n, net.state_dict())
+    members = MemberParameters(stack, len(nets))
+    optimizer = torch.optim.Adam([{"params": params} for params in members.members], lr=1e-3, fused=True)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:  # [N, B, 1, 28, 28], [N, B]
-        optimizer.zero_grad()
+        stack.zero_grad(set_to_none=False)
         losses = F.cross_entropy(stack(images).flatten(0, 1), labels.flatten(), reduction="none")
         losses.view_as(labels).mean(1).sum().backward()
+        members.point_gradients([True] * len(nets))
         optimizer.step()
 
+    step.stack = stack  # the members' trained weights live here
     return step
 
 
@@ -81,7 +86,7 @@ def main() -> None:
             train(*batch)
         print(f"training epoch {epoch}: {(time.perf_counter() - start) / 750 / args.members * 1e3:.2f} ms per "
               "member-step", flush=True)  # fmt: skip
-    trained = [net.state_dict() for net in nets]
+    trained = [train.stack.member_state_dict(n) for n in range(args.members)]
 
     timed = batches(args.steps)
     kinds = {"fused fresh": (_fused, None, args.members), "fused trained": (_fused, trained, args.members),

@@ -48,8 +48,11 @@ class RecordInitialWeights(pl.Callback):
         self.path = path
 
     def on_train_start(self, trainer, pl_module) -> None:
-        nets = getattr(pl_module, "nets", None) or [pl_module.net]
-        torch.save([{k: v.clone() for k, v in net.state_dict().items()} for net in nets], self.path)
+        net = pl_module.net
+        if hasattr(net, "member_state_dict"):  # a fused group's FusedLeNet5
+            torch.save([net.member_state_dict(n) for n in range(pl_module.members)], self.path)
+        else:
+            torch.save([{k: v.clone() for k, v in net.state_dict().items()}], self.path)
 
 
 def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,10 +1,7 @@
 """hydra/launcher=fused: each member of a fused group is the job it would be alone, and writes what it writes."""
 
 import json
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,17 +27,6 @@ SOLO = {0: ["seed=0", "optim.lr=0.001"], 3: ["seed=1", "optim.lr=0.003"]}
 # 1.5e-3 in the val loss (bn_pre), no more than the same solo run differs from itself at 2 threads instead of 1
 # (5.6e-4 val loss, dropout). Accuracies: one image is 1/2000 of the 2,000 validation images.
 TOLERANCES = {1: (1e-6, 1e-6), 30: (3e-3, 10 / 2000)}  # steps: (loss rtol, accuracy atol)
-THREADS = "threads=1"  # both sides add in one order
-PROBE = "+callbacks.initial_weights._target_=conftest.RecordInitialWeights"
-# A group of 4: seed (init, batches, dropout masks) x learning rate; jobs 0 and 3 differ in both.
-GRID = ["seed=0,1", "optim.lr=0.001,0.003", "optim.weight_decay=1e-4", THREADS]
-SOLO = {0: ["seed=0", "optim.lr=0.001"], 3: ["seed=1", "optim.lr=0.003"]}
-# The fused kernels (grouped convolution, batched matmul, one BatchNorm over all members' channels) add in
-# another order than the solo ones: float32 rounding, ~1e-7 relative per operation, which 30 Adam steps amplify
-# (Adam turns the sign of a near-zero gradient into a full step). Measured 2026-12-03, 2-core CPU: fused vs solo
-# 1e-7 to 2e-5 relative; the same solo run at 1 vs 2 threads differs by up to 5.6e-4 in val loss and 1 of 2,000
-# validation images. The bound is that of a changed thread count, with room: 1e-3 relative, 4 images.
-LOSS_RTOL, ACC_ATOL = 1e-3, 4 / 2000
 
 
 def _metrics(job_dir) -> dict:
@@ -93,8 +79,9 @@ def test_used_by_sweep_fuses_into_two_groups_whose_members_write_what_solo_jobs_
         metrics = _metrics(job)
         assert metrics["status"] == "completed" and 0 <= metrics["test_acc"] <= 1
         assert (job / ".hydra" / "overrides.yaml").is_file() and (job / "train.log").is_file()
-        assert len(list((job / "checkpoints").glob("epoch00-val_acc*.ckpt"))) == 1
-        restored = LeNetModule.load_from_checkpoint(job / "checkpoints" / "last.ckpt", map_location="cpu")
+        assert [p.name for p in (job / "checkpoints").iterdir()] == [Path(metrics["best_checkpoint"]).name]
+        assert metrics["best_checkpoint"].startswith(str(job / "checkpoints" / "epoch00-val_acc"))
+        restored = LeNetModule.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu")
         assert restored.hparams.optimizer["lr"] == metrics["lr"]  # its own optimizer, not the group's
         assert restored(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
         run = tensorboard_run(job)
@@ -129,34 +116,6 @@ def test_a_diverging_member_stops_alone_and_leaves_the_others_numbers_unchanged(
     assert numbers(survivor) == numbers(reference)  # bit for bit
     assert survivor["test_acc"] == reference["test_acc"]
     assert "| diverged |" in (tmp_path / "a" / "summary.md").read_text()
-
-
-def test_sigterm_leaves_every_member_interrupted_with_a_last_checkpoint_that_resumes_as_a_solo_job(tmp_path):
-    long = [*TINY, "trainer.max_epochs=1000", "++trainer.limit_train_batches=50", "seed=0,1"]
-    command = [sys.executable, "train.py", *FUSED, *long, f"hydra.sweep.dir={tmp_path}"]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = [tmp_path / str(job) / "checkpoints" / "last.ckpt" for job in range(2)]
-    deadline = time.monotonic() + 120
-    while not all(p.exists() for p in last) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)  # inside a later epoch
-    process.send_signal(signal.SIGTERM)
-    try:
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()  # never leave a 1000-epoch run behind
-    assert process.returncode == 143, stderr.decode()[-2000:]
-    for job in range(2):
-        metrics = _metrics(tmp_path / str(job))
-        assert metrics["status"] == "interrupted" and len(metrics["history"]) >= 1
-    epochs = len(_metrics(tmp_path / "1")["history"])
-    resumed = run_cli("train.py", *TINY, "++trainer.limit_train_batches=50", "seed=1",
-                      f"trainer.max_epochs={epochs + 1}",
-                      f"hydra.run.dir={tmp_path / '1'}", "ckpt_path=last")  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    metrics = _metrics(tmp_path / "1")
-    assert metrics["status"] == "completed" and len(metrics["history"]) == epochs + 1
-    assert "fused_group" not in metrics  # its last epoch trained solo
 
 
 def test_optuna_trials_launched_together_are_fused_and_each_told_its_value(tmp_path):

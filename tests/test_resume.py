@@ -83,15 +83,44 @@ def test_resume_refuses_another_configuration_or_a_folder_without_a_sweep(tmp_pa
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_an_interrupted_fused_group_resumes_every_member(tmp_path):
+def test_an_interrupted_fused_group_resumes_as_one_group_with_its_uninterrupted_numbers(tmp_path):
     fused = ["hydra/launcher=fused", *GRID[1:]]
-    assert _stop_when(fused, (tmp_path / "2" / "checkpoints" / "last.ckpt").exists, tmp_path) == 143
-    assert {_metrics(tmp_path / str(job))["status"] for job in range(3)} == {"interrupted"}
+    group_checkpoint = tmp_path / "fused_groups" / "0" / "last.ckpt"
+    assert _stop_when(fused, group_checkpoint.exists, tmp_path, settle=0.5) == 143  # inside the second epoch
+    for job in range(3):  # every member says so, and points at the group's checkpoint
+        metrics = _metrics(tmp_path / str(job))
+        assert metrics["status"] == "interrupted" and len(metrics["history"]) == 1
+        assert metrics["fused_group"]["checkpoint"] == str(group_checkpoint)
+    solo = run_cli("train.py", "-m", *GRID, f"hydra.sweep.dir={tmp_path}", "resume=true")  # not without its group
+    assert solo.returncode != 0 and "was interrupted as a member of a fused group" in solo.stderr
+
     result = run_cli("train.py", "-m", *fused, f"hydra.sweep.dir={tmp_path}", "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
-    for job in range(3):  # each member from its own last.ckpt, to the end
-        metrics = _metrics(tmp_path / str(job))
-        assert metrics["status"] == "completed" and [row["epoch"] for row in metrics["history"]] == [0, 1]
+    straight = tmp_path / "straight"
+    assert run_cli("train.py", "-m", *fused, f"hydra.sweep.dir={straight}").returncode == 0
+    for job in range(3):  # bit for bit what the group computes when nothing stops it
+        resumed, reference = _metrics(tmp_path / str(job)), _metrics(straight / str(job))
+        assert resumed["status"] == "completed" and resumed["fused_group"]["members"] == 3
+        assert _numbers(resumed) == _numbers(reference)
+        assert resumed["test_acc"] == reference["test_acc"]
+
+
+def test_a_damaged_last_checkpoint_is_refused_in_one_line_and_retry_trains_the_job_again(tmp_path):
+    sweep = ["optim.lr=1e-3,2e-3", *TINY, f"hydra.sweep.dir={tmp_path}"]
+    assert run_cli("train.py", "-m", *sweep).returncode == 0
+    job = tmp_path / "1"
+    last = job / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a write cut short
+    metrics = _metrics(job) | {"status": "interrupted"}
+    (job / "metrics.json").write_text(json.dumps(metrics))
+
+    refused = run_cli("train.py", "-m", *sweep, "resume=true")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    line = f"{last} cannot be resumed from (cut short or damaged: "
+    assert line in refused.stderr and "): resume=retry trains the job again" in refused.stderr, refused.stderr
+    retried = run_cli("train.py", "-m", *sweep, "resume=retry")
+    assert retried.returncode == 0, retried.stderr[-2000:]
+    assert _metrics(job)["status"] == "completed" and _metrics(tmp_path / "0")["status"] == "completed"
 
 
 def test_an_interrupted_optuna_search_finishes_its_trials_in_new_folders(tmp_path):

@@ -1,5 +1,4 @@
-"""Config checks in one table, run before any work; the `project_root` and `run_name` resolvers; in-process
-composition."""
+"""Config checks in one table, run before any work; the config's resolvers; in-process composition."""
 
 from __future__ import annotations
 
@@ -18,8 +17,13 @@ from fashion_lenet.errors import ConfigError
 from fashion_lenet.naming import run_name
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
-OmegaConf.register_new_resolver("run_name", lambda: run_name(HydraConfig.get()), replace=True)  # the job's own
+
+
+def register_resolvers() -> None:
+    """The config's own interpolations: `${project_root:}` and `${run_name:}` (the job's TensorBoard run, named from
+    its Hydra config). Call before composing a config (train.py, compose_job, the fused launcher); idempotent."""
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    OmegaConf.register_new_resolver("run_name", lambda: run_name(HydraConfig.get()), replace=True)
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's choices
@@ -100,6 +104,7 @@ def validate(cfg: DictConfig, multirun: bool = False) -> None:
 
 def compose_job(overrides: list[str], output_dir: Path, multirun: bool = False) -> DictConfig:
     """The config one job of `train.py` receives, composed in-process (for tests and the benchmark)."""
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
         cfg = compose("config", overrides=list(overrides), return_hydra_config=True)

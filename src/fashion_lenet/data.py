@@ -230,9 +230,13 @@ class StackedFashionMNIST(FashionMNISTDataModule):
     def train_dataloader(self) -> MemberBatches:
         return MemberBatches(*self.splits["train"], self.batch_size, self.shuffle_generators, self.max_shift)
 
-    def member_state_dict(self, member: int) -> dict:
-        """What member's solo FashionMNISTDataModule would save: its checkpoints resume as solo runs."""
-        return {"shuffle_generator": self.shuffle_generators[member].get_state()}
+    # Every member's shuffle generator travels in the group's checkpoints, so a resumed group sees the same batches.
+    def state_dict(self) -> dict:
+        return {"shuffle_generators": [g.get_state() for g in self.shuffle_generators]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for generator, state in zip(self.shuffle_generators, state_dict["shuffle_generators"], strict=True):
+            generator.set_state(state)
 
 
 if __name__ == "__main__":

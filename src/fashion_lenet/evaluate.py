@@ -36,13 +36,14 @@ def evaluate(checkpoint: Path, data_root: Path, out: Path, accelerator: str = "a
     datamodule = FashionMNISTDataModule(str(data_root))
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_model_summary=False,
                          enable_progress_bar=False)  # fmt: skip
-    tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    matrix = module.confusion.compute().cpu()
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    tested = module.test_results()
+    matrix = tested["confusion"].cpu()
     out.mkdir(parents=True, exist_ok=True)
     figure = out / f"confusion_matrix_{checkpoint.stem}.png"
     save(confusion_matrix_figure(matrix, CLASSES, f"Test set: {checkpoint.name}"), figure)
     per_class = (matrix.diag() / matrix.sum(1)).tolist()
-    return {"test_acc": tested["test_best/acc"], "per_class": dict(zip(CLASSES, per_class, strict=True)),
+    return {"test_acc": tested["test_acc"], "per_class": dict(zip(CLASSES, per_class, strict=True)),
             "figure": str(figure)}  # fmt: skip
 
 

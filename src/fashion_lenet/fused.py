@@ -1,108 +1,202 @@
-"""Many LeNet-5s as one network (horizontal fusion): the fused sweeps' forward pass.
+"""Many LeNet-5s as one network (horizontal fusion): the fused sweeps' model.
 
-The members stay ordinary `LeNet5` modules, each with its own parameters, buffers and optimizer state; only
-their tensors are stacked for a step. `StackedLeNet5` walks the first member's layers and runs each layer for
-every member at once:
+Each fused layer mirrors a torch layer with the member count as its first argument; its parameters and buffers
+live stacked, member n's at index n ([members, *torch's shape]), so a training step stacks and copies nothing.
+Activations travel as
 
-    Conv2d      one grouped convolution, the members side by side as channel groups  [B, N*C, H, W]
-    BatchNorm   one BatchNorm over N*C channels: each member keeps its own batch statistics
-    Flatten     regroups the channels per member                                      [N, B, F]
-    Linear      one batched matrix multiply
-    Dropout     each member's mask drawn from its own generator, as its solo run draws it
-    ReLU, pool  unchanged (a ReLU before a pool runs after it: the same numbers, less work)
+    [B, members * C, H, W]  through convolutions, BatchNorm and pooling (channels-last: on the CPU a grouped
+                            convolution is about twice as fast per member in this layout, docs/performance.md)
+    [members, B, F]         through the fully connected layers (one batched matrix multiply)
 
-So a member computes what it computes alone, up to the rounding of the fused kernels, and steps out as a
-plain `LeNet5` state dict at any time.
+`FusedLeNet5` is built from the same description and config as `LeNet5` (models.lenet5), so its state dict has
+LeNet5's names with a leading member axis: `member_state_dict(n)` and `load_member(n, ...)` are the bridge to and
+from a plain `LeNet5`. `MemberParameters` hands torch's optimizers each member's parameters as leaf tensors that
+share the stacked storage, so every member keeps its own lr, weight decay and optimizer state.
 """
 
 from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fashion_lenet.batchnorm import ManualBatchNorm2d, manual_batch_norm
-from fashion_lenet.models import LeNet5
+from fashion_lenet.batchnorm import manual_batch_norm
+from fashion_lenet.models import lenet5
 
 
-class StackedLeNet5(nn.Module):
-    """images [N, B, 1, 28, 28] (member n's batch at n) -> logits [N, B, classes].
+def _init_like_torch(weight: Tensor, bias: Tensor, fan_in: int) -> None:
+    """Each member initialised as torch's Conv2d and Linear initialise themselves (kaiming-uniform, a=sqrt(5))."""
+    with torch.no_grad():
+        for w, b in zip(weight, bias, strict=True):
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(b, -bound, bound)
 
-    dropout_generators: one per member, or None for members whose network has no dropout.
-    """
 
-    def __init__(self, members: list[LeNet5], dropout_generators: list[torch.Generator | None]):
+class FusedConv2d(nn.Module):
+    """`members` Conv2d(c_in, c_out, kernel_size) as one grouped convolution: [B, members*c_in, H, W] ->
+    [B, members*c_out, H', W']. No padding, stride 1, as LeNet-5 uses them."""
+
+    def __init__(self, members: int, c_in: int, c_out: int, kernel_size: int):
         super().__init__()
-        shapes = {tuple(type(layer) for layer in member.modules()) for member in members}
-        if len(shapes) != 1:
-            raise ValueError("fused members must share one network shape")
-        self.members = nn.ModuleList(members)
-        self.dropout_generators = dropout_generators
-        # Per layer of the template, the same layer of every member (resolved once, not per step).
-        self.layers = [list(layers) for layers in zip(*(self._layers(m) for m in members), strict=True)]
+        self.members = members
+        self.weight = nn.Parameter(torch.empty(members, c_out, c_in, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(members, c_out))
+        _init_like_torch(self.weight, self.bias, c_in * kernel_size * kernel_size)
 
-    @staticmethod
-    def _layers(member: LeNet5) -> list[nn.Module]:
-        """The member's layers in the order they run. A ReLU followed by max-pooling runs after it instead: the
-        two commute exactly (same values; same gradients, as ties at zero get none either way), and the ReLU then
-        works on a quarter of the values (fused step 3.5-3.9 -> 2.8 ms per member, 12 members, 2-core CPU)."""
-        layers = [*member.features, *member.classifier]
-        for i in range(len(layers) - 1):
-            if isinstance(layers[i], nn.ReLU) and isinstance(layers[i + 1], nn.MaxPool2d):
-                layers[i], layers[i + 1] = layers[i + 1], layers[i]
-        return layers
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight.flatten(0, 1), self.bias.flatten(), groups=self.members)
 
-    def forward(self, images: Tensor) -> Tensor:
-        # Channels-last: a grouped convolution on the CPU is about twice as fast per member in this layout
-        # and slower than the solo one in NCHW (docs/performance.md).
-        x = images.transpose(0, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
-        for layers in self.layers:
-            x = self._run(layers, x)
-        return x
 
-    def _run(self, layers: list[nn.Module], x: Tensor) -> Tensor:
-        layer, n = layers[0], len(layers)
-        if isinstance(layer, nn.Conv2d):
-            weight = torch.stack([m.weight for m in layers]).flatten(0, 1)
-            bias = torch.stack([m.bias for m in layers]).flatten()
-            return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups * n)
-        if isinstance(layer, nn.BatchNorm2d):
-            return self._batch_norm(layers, x)
-        if isinstance(layer, nn.Flatten):
-            return x.unflatten(1, (n, -1)).flatten(2).transpose(0, 1)
-        if isinstance(layer, nn.Linear):
-            weight, bias = torch.stack([m.weight for m in layers]), torch.stack([m.bias for m in layers])
-            return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-        if isinstance(layer, nn.Dropout):
-            return self._dropout(layers, x)
-        if isinstance(layer, nn.ReLU | nn.MaxPool2d):
-            return layer(x)
-        raise TypeError(f"StackedLeNet5 has no stacked form of {type(layer).__name__}")
+class FusedBatchNorm2d(nn.Module):
+    """`members` BatchNorm2d(channels) as one BatchNorm over members*channels: each member keeps its own batch
+    statistics; the running statistics are updated in place in the stacked buffers."""
 
-    def _batch_norm(self, layers: list[nn.BatchNorm2d], x: Tensor) -> Tensor:
-        layer = layers[0]
-        function = manual_batch_norm if isinstance(layer, ManualBatchNorm2d) else F.batch_norm
-        running_mean = torch.stack([m.running_mean for m in layers])
-        running_var = torch.stack([m.running_var for m in layers])
-        weight = torch.stack([m.weight for m in layers]).flatten()
-        bias = torch.stack([m.bias for m in layers]).flatten()
-        y = function(x, running_mean.view(-1), running_var.view(-1), weight, bias, self.training, layer.momentum,
-                     layer.eps)  # fmt: skip
-        if self.training:  # the stacked copies were updated in place: hand each member its statistics back
-            with torch.no_grad():
-                for member, mean, var in zip(layers, running_mean, running_var, strict=True):
-                    member.running_mean.copy_(mean)
-                    member.running_var.copy_(var)
-                    member.num_batches_tracked.add_(1)
-        return y
+    def __init__(self, members: int, channels: int, bn_impl: str = "torch", eps: float = 1e-5,
+                 momentum: float = 0.1):  # fmt: skip
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.function = manual_batch_norm if bn_impl == "manual" else F.batch_norm
+        self.weight = nn.Parameter(torch.ones(members, channels))
+        self.bias = nn.Parameter(torch.zeros(members, channels))
+        self.register_buffer("running_mean", torch.zeros(members, channels))
+        self.register_buffer("running_var", torch.ones(members, channels))
+        self.register_buffer("num_batches_tracked", torch.zeros(members, dtype=torch.long))
 
-    def _dropout(self, layers: list[nn.Dropout], x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return self.function(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
+                             self.bias.view(-1), self.training, self.momentum, self.eps)  # fmt: skip
+
+
+class FusedFlatten(nn.Module):
+    """[B, members*C, H, W] -> [members, B, C*H*W]: each member's features in torch's Flatten order."""
+
+    def __init__(self, members: int):
+        super().__init__()
+        self.members = members
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.unflatten(1, (self.members, -1)).flatten(2).transpose(0, 1)
+
+
+class FusedLinear(nn.Module):
+    """`members` Linear(n_in, n_out) as one batched matrix multiply: [members, B, n_in] -> [members, B, n_out]."""
+
+    def __init__(self, members: int, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, n_out, n_in))
+        self.bias = nn.Parameter(torch.empty(members, n_out))
+        _init_like_torch(self.weight, self.bias, n_in)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+class FusedDropout(nn.Module):
+    """Each member's dropout with its own p, its mask drawn from its own generator as torch's CPU dropout draws it
+    from the global one (a Bernoulli(1 - p) mask scaled by 1 / (1 - p); p = 0 draws nothing)."""
+
+    def __init__(self, members: int, p: float | Sequence[float]):
+        super().__init__()
+        self.p = list(p) if isinstance(p, Sequence) else [p] * members
+        self.generators: list[torch.Generator | None] = [None] * members  # None: the global generator
+
+    def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return x
-        # What torch's CPU dropout does, per member: a Bernoulli(1 - p) mask scaled by 1 / (1 - p), drawn from the
-        # member's generator (its solo run draws it from the global one). p = 0 draws nothing, as torch's does.
         noise = torch.ones_like(x)
-        for n, (layer, generator) in enumerate(zip(layers, self.dropout_generators, strict=True)):
-            if layer.p > 0:
-                noise[n].bernoulli_(1 - layer.p, generator=generator).div_(1 - layer.p)
+        for mask, p, generator in zip(noise, self.p, self.generators, strict=True):
+            if p > 0:
+                mask.bernoulli_(1 - p, generator=generator).div_(1 - p)
         return x * noise
+
+
+class FusedLayers:
+    """models.lenet5's layer constructors for `members` networks at once."""
+
+    pool_before_relu = True
+
+    def __init__(self, members: int):
+        self.members = members
+
+    def conv(self, c_in: int, c_out: int, kernel_size: int) -> nn.Module:
+        return FusedConv2d(self.members, c_in, c_out, kernel_size)
+
+    def batch_norm(self, channels: int, bn_impl: str) -> nn.Module:
+        return FusedBatchNorm2d(self.members, channels, bn_impl)
+
+    def flatten(self) -> nn.Module:
+        return FusedFlatten(self.members)
+
+    def linear(self, n_in: int, n_out: int) -> nn.Module:
+        return FusedLinear(self.members, n_in, n_out)
+
+    def dropout(self, p) -> nn.Module:
+        return FusedDropout(self.members, p)
+
+
+class FusedLeNet5(nn.Module):
+    """`members` LeNet5s: images [members, B, 1, 28, 28] (member n's batch at n) -> logits [members, B, classes].
+
+    Takes LeNet5's arguments; dropout_p may also be one value per member.
+    """
+
+    def __init__(self, members: int, norm: str = "none", dropout_layers: int = 0,
+                 dropout_p: float | Sequence[float] = 0.3, bn_impl: str = "torch", num_classes: int = 10):  # fmt: skip
+        super().__init__()
+        self.members = members
+        self.features, self.classifier = lenet5(FusedLayers(members), norm, dropout_layers, dropout_p, bn_impl,
+                                                num_classes)  # fmt: skip
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.transpose(0, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
+        return self.classifier(self.features(x))
+
+    def set_dropout_generators(self, generators: list[torch.Generator | None]) -> None:
+        for layer in self.modules():
+            if isinstance(layer, FusedDropout):
+                layer.generators = generators
+
+    def member_state_dict(self, member: int) -> dict[str, Tensor]:
+        """Member's weights and buffers as a plain LeNet5 state dict (copies)."""
+        return {name: tensor[member].clone() for name, tensor in self.state_dict().items()}
+
+    def load_member(self, member: int, state_dict: dict[str, Tensor]) -> None:
+        """Put a plain LeNet5's weights and buffers into slot `member`."""
+        own = self.state_dict()
+        if own.keys() != state_dict.keys():
+            raise ValueError(f"not a state dict of this network's LeNet5: {sorted(own.keys() ^ state_dict.keys())}")
+        with torch.no_grad():
+            for name, tensor in state_dict.items():
+                own[name][member].copy_(tensor)
+
+
+class MemberParameters:
+    """Each member's parameters as leaf tensors over the stacked ones (same storage), for one param group per
+    member in a torch optimizer: an in-place update of member n's tensors is an update of slot n.
+
+    `point_gradients` makes each member's `.grad` a view of the stacked gradient, or None for members that no
+    longer train (torch's optimizers skip a parameter without a gradient).
+    """
+
+    def __init__(self, net: nn.Module, members: int):
+        self.stacked = list(net.parameters())
+        self.members = [[nn.Parameter(p.detach()[n]) for p in self.stacked] for n in range(members)]
+        self._pointed: tuple[list, list[bool]] = ([], [])  # the stacked gradients and activity last pointed at
+
+    def point_gradients(self, active: list[bool]) -> None:
+        # Only when a stacked gradient was replaced (e.g. zero_grad(set_to_none=True)) or a member stopped.
+        grads = [p.grad for p in self.stacked]
+        pointed, was_active = self._pointed
+        if was_active == active and len(pointed) == len(grads) and all(map(operator.is_, pointed, grads)):
+            return
+        for n, (params, on) in enumerate(zip(self.members, active, strict=True)):
+            for member_param, grad in zip(params, grads, strict=True):
+                member_param.grad = grad[n] if on and grad is not None else None
+        self._pointed = (grads, list(active))

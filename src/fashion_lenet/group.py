@@ -1,44 +1,36 @@
-"""A fused group: sweep jobs that share one network shape, trained by one Trainer as one StackedLeNet5.
+"""A fused group: sweep jobs that share one network shape, trained by one Trainer as one FusedLeNet5.
 
-Each member is the job it would be alone: seeded as its solo run (same initial weights, batches and, on the
-CPU, dropout masks), its own optimizer hyperparameters (one param group each) and BatchNorm statistics, and in
-its job folder what a solo job writes: the history, checkpoints in the solo format written by its own
-ModelCheckpoint callbacks (so `ckpt_path=last` resumes a member as a solo run), a TensorBoard run and
-metrics.json. A member whose loss stops being finite stops training; the others go on.
+Each member is the job it would be alone: seeded as its solo run (same initial weights, batches and, on the CPU,
+dropout masks), its own optimizer hyperparameters (one param group each) and BatchNorm statistics. Its life is
+lifecycle.py's, as a solo job's: its folder gets the history, metrics.json, a TensorBoard run and its best
+checkpoint (a LeNetModule checkpoint: `evaluate` and `LeNetModule.load_from_checkpoint` read it). The group's
+own last.ckpt (Lightning's ModelCheckpoint, in `<sweep>/fused_groups/<first job>/`) is what an interrupted group
+resumes from, as one group. A member whose loss stops being finite stops training; the others go on.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from fashion_lenet.callbacks import BestCheckpointFigures, EpochHistory, log_test_figures
-from fashion_lenet.console import quiet_lightning
-from fashion_lenet.data import FashionMNISTDataModule, StackedFashionMNIST
-from fashion_lenet.fused import StackedLeNet5
-from fashion_lenet.module import MAX_MISCLASSIFIED, NUM_CLASSES, set_fit_flags
-from fashion_lenet.results import (
-    METRICS_FILE,
-    best_checkpoint_results,
-    device_name,
-    library_versions,
-    write_json_atomic,
-)
+from fashion_lenet import lifecycle
+from fashion_lenet.callbacks import EpochHistory
+from fashion_lenet.data import StackedFashionMNIST
+from fashion_lenet.errors import UserError
+from fashion_lenet.fused import FusedLeNet5, MemberParameters
+from fashion_lenet.lifecycle import BestCheckpoint, JobRecord
+from fashion_lenet.module import HISTORY_KEYS, MAX_MISCLASSIFIED, NUM_CLASSES, LeNetModule, set_fit_flags
+
+FUSED_NET = "fashion_lenet.fused.FusedLeNet5"
 
 
 @dataclass
@@ -48,71 +40,60 @@ class Member:
     cfg: DictConfig  # the job's config, resolved (paths into its own folder)
     output_dir: Path
     hparams: dict  # metrics.json's and TensorBoard's description of the job
-    # Built by train_group:
-    net: nn.Module | None = None
-    callbacks: list[pl.Callback] = field(default_factory=list)  # its solo ModelCheckpoints and EpochHistory
-    logger: TensorBoardLogger | None = None
 
     def node(self, key: str) -> dict | None:
         return OmegaConf.to_container(self.cfg[key], resolve=True) or None
 
-    @property
-    def history(self) -> EpochHistory:
-        return next(c for c in self.callbacks if isinstance(c, EpochHistory))
-
-    @property
-    def best_checkpoint(self) -> ModelCheckpoint:
-        return next(c for c in self.callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
-
-    def checkpoints(self) -> list[ModelCheckpoint]:
-        return [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
+    def checkpoint_hparams(self) -> dict:
+        """LeNetModule's arguments for this job: what its best checkpoint rebuilds itself from."""
+        return {"net": self.node("model"), "optimizer": self.node("optim"), "scheduler": self.node("scheduler"),
+                "cuda_graph": self.cfg.cuda_graph}  # fmt: skip
 
 
 class GroupModule(pl.LightningModule):
-    """The members' networks stacked; per-member loss, accuracy and test results as [N] tensors on the device."""
+    """The members' networks fused; per-member loss, accuracy and test results as [members] tensors on the device."""
 
-    def __init__(self, nets: list[nn.Module], dropout_generators: list[torch.Generator | None],
-                 optimizers: list[dict], scheduler: dict | None):  # fmt: skip
+    def __init__(self, net: FusedLeNet5, dropout_generators: list[torch.Generator | None], optimizers: list[dict],
+                 scheduler: dict | None):  # fmt: skip
         super().__init__()
         self.automatic_optimization = False  # one optimizer step for all members, as the solo module steps
-        self.stacked = StackedLeNet5(nets, dropout_generators)
+        self.net = net
+        self.members = net.members
+        self.dropout_generators = dropout_generators
+        net.set_dropout_generators(dropout_generators)
         self.optimizer_nodes, self.scheduler_node = optimizers, scheduler
-        self.active = [True] * len(nets)  # False once a member diverged: its gradients are dropped
-        self.totals: dict[str, torch.Tensor] = {}  # stage -> [N, 3]: loss sum, correct, images
+        self.member_parameters: MemberParameters | None = None
+        self.active = [True] * self.members  # False once a member diverged: it gets no gradient, so no update
+        self.totals: dict[str, torch.Tensor] = {}  # stage -> [members, 3]: loss sum, correct, images
         self.confusions = nn.ModuleList(
-            MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False) for _ in nets
+            MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False) for _ in range(self.members)
         )
-        self.misclassified: list[list[torch.Tensor]] = [[] for _ in nets]
-
-    @property
-    def nets(self) -> nn.ModuleList:
-        return self.stacked.members
+        self.misclassified: list[list[torch.Tensor]] = [[] for _ in range(self.members)]
 
     def on_fit_start(self) -> None:
         set_fit_flags(self.device)
 
     def configure_optimizers(self):
-        # One optimizer of the members' class; each member's parameters form a param group with its own lr,
-        # weight decay, momentum..., so each member's update is the one its solo optimizer makes.
+        # Here the net is on its device. One optimizer of the members' class; each member's parameters form a param
+        # group with its own lr, weight decay, momentum..., so each member's update is the one its solo run makes.
+        self.member_parameters = MemberParameters(self.net, self.members)
         partials = [instantiate(node) for node in self.optimizer_nodes]
-        groups = [{"params": list(net.parameters()), **p.keywords} for p, net in zip(partials, self.nets, strict=True)]
+        groups = [{"params": params, **partial.keywords}
+                  for partial, params in zip(partials, self.member_parameters.members, strict=True)]  # fmt: skip
         optimizer = partials[0].func(groups, **partials[0].keywords)
         if not self.scheduler_node:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": instantiate(self.scheduler_node)(optimizer=optimizer)}
 
     def training_step(self, batch, batch_idx: int) -> None:
-        images, labels = batch  # [N, B, 1, 28, 28], [N, B]
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        logits = self.stacked(images)
+        images, labels = batch  # [members, B, 1, 28, 28], [members, B]
+        self.net.zero_grad(set_to_none=False)  # in place: the members' gradients stay views of these
+        logits = self.net(images)
         losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
         # The sum of the members' mean losses: each member's gradient is that of its own mean loss.
         self.manual_backward(losses.mean(1).sum())
-        for net, active in zip(self.nets, self.active, strict=True):
-            if not active:  # torch's optimizers skip parameters without a gradient
-                net.zero_grad(set_to_none=True)
-        optimizer.step()
+        self.member_parameters.point_gradients(self.active)
+        self.optimizers().step()
         self._add("train", losses.detach(), logits.detach(), labels)
 
     def _add(self, stage: str, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -120,17 +101,26 @@ class GroupModule(pl.LightningModule):
         update = torch.stack([losses.sum(-1), correct, torch.full_like(correct, losses.shape[-1])], dim=1)
         self.totals[stage] = self.totals[stage] + update if stage in self.totals else update
 
-    def take(self, stage: str) -> tuple[list[float], list[float]]:
+    def _take(self, stage: str) -> tuple[list[float], list[float]]:
         """Each member's (mean loss, accuracy) for the stage since the last take: one host sync per epoch."""
+        if stage not in self.totals:  # e.g. no validation this epoch
+            return [float("nan")] * self.members, [float("nan")] * self.members
         loss_sum, correct, count = self.totals.pop(stage).T.tolist()
         mean = [s / c for s, c in zip(loss_sum, count, strict=True)]
         return mean, [h / c for h, c in zip(correct, count, strict=True)]
 
+    def epoch_rows(self) -> list[dict[str, float]]:
+        (train_loss, train_acc), (val_loss, val_acc), (_, test_acc) = (self._take(s) for s in ("train", "val", "test"))
+        return [{"train_loss": train_loss[n], "train_acc": train_acc[n], "val_loss": val_loss[n],
+                 "val_acc": val_acc[n], "test_acc": test_acc[n]} for n in range(self.members)]  # fmt: skip
+
+    def stop_member(self, member: int) -> None:
+        self.active[member] = False
+
     def _evaluate(self, images: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
-        n = len(self.nets)
-        logits = self.stacked(images.expand(n, *images.shape))  # every member sees the same images
-        losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(n), reduction="none").view(n, -1)
-        self._add(stage, losses, logits, labels)
+        logits = self.net(images.expand(self.members, *images.shape))  # every member sees the same images
+        losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(self.members), reduction="none")
+        self._add(stage, losses.view(self.members, -1), logits, labels)
         return logits
 
     def on_validation_epoch_start(self) -> None:
@@ -141,8 +131,8 @@ class GroupModule(pl.LightningModule):
         self._evaluate(*batch, ("val", "test")[dataloader_idx])  # loader 1: the per-epoch test curve
 
     def on_train_epoch_end(self) -> None:
-        # Before the members' checkpoints (MemberOutputs is a Checkpoint, so it runs after this), as in the solo
-        # module: checkpoints hold the next epoch's lr.
+        # After EpochHistory and MemberOutputs (callbacks run first), before the group's last.ckpt (checkpoint
+        # callbacks run after the module), as in the solo module: checkpoints hold the next epoch's lr.
         if scheduler := self.lr_schedulers():
             scheduler.step()
 
@@ -150,7 +140,7 @@ class GroupModule(pl.LightningModule):
         self.totals.pop("test_best", None)
         for confusion in self.confusions:
             confusion.reset()
-        self.misclassified = [[] for _ in self.nets]
+        self.misclassified = [[] for _ in range(self.members)]
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
@@ -161,107 +151,96 @@ class GroupModule(pl.LightningModule):
             if sum(len(x) for x in misclassified) < MAX_MISCLASSIFIED:
                 misclassified.append(images[prediction != labels].cpu())
 
-    def misclassified_images(self, member: int) -> torch.Tensor:
+    def test_best(self, trainer: pl.Trainer, datamodule, tested: list[bool]) -> list[BestCheckpoint | None]:
+        """Each member's best-by-validation weights in its slot, then one test pass for all of them."""
+        best = next(c for c in trainer.callbacks if isinstance(c, MemberOutputs)).best
+        if not any(tested):
+            return [None] * self.members
+        for n in range(self.members):
+            if tested[n]:
+                checkpoint = torch.load(best[n]["path"], map_location=self.device, weights_only=True)
+                self.net.load_member(n, {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()})
+        trainer.test(self, datamodule=datamodule, verbose=False)
+        losses, accuracies = self._take("test_best")
+        return [BestCheckpoint(best[n]["path"], best[n]["score"], accuracies[n], losses[n],
+                               self.confusions[n].compute(), self._misclassified_images(n)) if tested[n] else None
+                for n in range(self.members)]  # fmt: skip
+
+    def _misclassified_images(self, member: int) -> torch.Tensor:
         images = self.misclassified[member]
         return torch.cat(images)[:MAX_MISCLASSIFIED] if images else torch.empty(0)
 
-    def member_checkpoint(self, member: int, checkpoint: dict, callbacks: list[pl.Callback],
-                          hyper_parameters: dict) -> dict:  # fmt: skip
-        """The checkpoint member's solo run would write at this point, from the group's `checkpoint`."""
-        optimizer = self.optimizers().optimizer
-        group = optimizer.param_groups[member]
-        shared = ("epoch", "global_step", "pytorch-lightning_version", "loops")  # the same for every member
-        state = {key: checkpoint[key] for key in shared if key in checkpoint}
-        state["state_dict"] = {f"net.{k}": v.clone() for k, v in self.nets[member].state_dict().items()}
-        settings = {k: v for k, v in group.items() if k != "params"}
-        state["optimizer_states"] = [{  # the state_dict of an optimizer over this member's parameters alone
-            "state": {i: optimizer.state[p] for i, p in enumerate(group["params"]) if p in optimizer.state},
-            "param_groups": [settings | {"params": list(range(len(group["params"])))}],
-        }]  # fmt: skip
-        state["lr_schedulers"] = []  # present even when empty, as Lightning writes it
-        for scheduler in checkpoint.get("lr_schedulers", []):  # the group's, over all members: keep member's lr
-            sliced = {k: [v[member]] if k in ("base_lrs", "_last_lr") else v for k, v in scheduler.items()}
-            state["lr_schedulers"].append(sliced)
-        state["callbacks"] = {c.state_key: c.state_dict() for c in callbacks}
-        state[FashionMNISTDataModule.__qualname__] = self.trainer.datamodule.member_state_dict(member)
-        state["hparams_name"], state["hyper_parameters"] = "kwargs", hyper_parameters
-        generator = self.stacked.dropout_generators[member]
-        if generator is not None and generator.device.type == "cpu":  # solo dropout draws from the global RNG
-            state["torch_rng_state"] = generator.get_state()
-        return state
+    @property
+    def uses_cuda_graph(self) -> bool:
+        return False
+
+    # The members' dropout streams travel in the group's checkpoints, so a resumed group draws the same masks.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["dropout_generators"] = [g.get_state() if g is not None else None for g in self.dropout_generators]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for generator, state in zip(self.dropout_generators, checkpoint["dropout_generators"], strict=True):
+            if generator is not None:
+                generator.set_state(state)
 
 
-class _MemberTrainer:
-    """The group's Trainer as one member's ModelCheckpoint callbacks see it: that member's metrics, its own
-    checkpoint file written on save. Lightning's callback then keeps its own best-k bookkeeping and file names."""
+class MemberOutputs(pl.Callback):
+    """Per member, at each epoch's end: its TensorBoard scalars and, when its validation accuracy improved, its
+    best checkpoint, named and placed by its own ModelCheckpoint config (conf/callbacks: model_checkpoint).
 
-    def __init__(self, trainer: pl.Trainer, save, val_acc: float | None):
-        self._trainer, self._save = trainer, save
-        self.callback_metrics = {} if val_acc is None else {"val/acc": torch.tensor(val_acc)}
-        self.loggers = []  # the member's TensorBoard run needs no checkpoint notice
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._trainer, name)
-
-    def save_checkpoint(self, filepath, weights_only: bool = False, storage_options=None) -> None:
-        self._save(filepath)
-
-
-class MemberOutputs(Checkpoint):
-    """Per member, at each epoch's end: the history row, divergence, TensorBoard scalars and checkpoints.
-
-    A Checkpoint callback, so Lightning calls it after the module's epoch-end hook, as it calls ModelCheckpoint.
+    Runs after EpochHistory (listed after it), whose rows it reads. Its state (each member's best so far, and
+    which jobs the group trains) travels in the group's checkpoints.
     """
 
-    def __init__(self, members: list[Member], group_history: EpochHistory):
-        self.members, self.group_history = members, group_history
-        self.val_acc: list[float | None] = [None] * len(members)
-
-    def setup(self, trainer: pl.Trainer, pl_module: GroupModule, stage: str) -> None:
-        for n, member in enumerate(self.members):
-            for callback in member.checkpoints():
-                callback.setup(self._view(trainer, pl_module, n), pl_module, stage)
-
-    def _view(self, trainer: pl.Trainer, module: GroupModule, n: int) -> _MemberTrainer:
-        member = self.members[n]
-
-        def save(filepath) -> None:
-            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            hyper_parameters = {"net": member.node("model"), "optimizer": member.node("optim"),
-                                "scheduler": member.node("scheduler"), "cuda_graph": member.cfg.cuda_graph}  # fmt: skip
-            state = module.member_checkpoint(n, checkpoint, member.callbacks, hyper_parameters)
-            trainer.strategy.save_checkpoint(state, filepath)
-
-        return _MemberTrainer(trainer, save, self.val_acc[n])
+    def __init__(self, members: list[Member], history: EpochHistory):
+        self.members, self.history = members, history
+        self.naming = [_monitored_checkpoint(member.cfg) for member in members]
+        self.loggers = [instantiate(member.cfg.logger) for member in members]
+        self.best: list[dict | None] = [None] * len(members)  # {"path", "score"}: the monitored value
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: GroupModule) -> None:
-        losses, accuracies = pl_module.take("train")
-        val_losses, self.val_acc = pl_module.take("val")
-        _, test_accuracies = pl_module.take("test")
-        times = {k: v for k, v in self.group_history.history[-1].items() if k.endswith("_time_s")}  # the group's
-        for n, member in enumerate(self.members):
-            if not pl_module.active[n]:
+        for n, (naming, logger) in enumerate(zip(self.naming, self.loggers, strict=True)):
+            rows = self.history.histories[n]
+            if not rows or rows[-1]["epoch"] != trainer.current_epoch:  # it stopped training (diverged)
                 continue
-            row = {"epoch": trainer.current_epoch, "train_loss": losses[n], "train_acc": accuracies[n],
-                   "val_loss": val_losses[n], "val_acc": self.val_acc[n], "test_acc": test_accuracies[n]}  # fmt: skip
-            row |= times
-            member.history.history.append(row)
-            member.logger.log_metrics(
-                {"train/loss": row["train_loss"], "train/acc": row["train_acc"], "val/loss": row["val_loss"],
-                 "val/acc": row["val_acc"], "test/acc": row["test_acc"]},
-                step=trainer.current_epoch,  # the epoch, as the solo module logs it
-            )  # fmt: skip
-            if not math.isfinite(row["train_loss"]):
-                member.history.diverged, pl_module.active[n] = True, False
-            for callback in member.checkpoints():
-                callback.on_train_epoch_end(self._view(trainer, pl_module, n), pl_module)
-        if not any(pl_module.active):
-            trainer.should_stop = True
+            row = rows[-1]
+            # at the epoch, as the solo module logs its curves
+            logger.log_metrics({key: row[key.replace("/", "_")] for key in HISTORY_KEYS}, step=trainer.current_epoch)
+            score, best = row[naming.monitor.replace("/", "_")], self.best[n]
+            if best is None or (score > best["score"] if naming.mode == "max" else score < best["score"]):
+                self._save_best(trainer, pl_module, n, score)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: GroupModule, exception: BaseException) -> None:
-        for n, member in enumerate(self.members):  # Ctrl-C / SIGTERM: each member's last.ckpt
-            for callback in member.checkpoints():
-                callback.on_exception(self._view(trainer, pl_module, n), pl_module, exception)
+    def _save_best(self, trainer: pl.Trainer, module: GroupModule, n: int, score: float) -> None:
+        metrics = {"epoch": trainer.current_epoch, self.naming[n].monitor: torch.tensor(score)}
+        path = self.naming[n].format_checkpoint_name(metrics)
+        checkpoint = {  # what LeNetModule.load_from_checkpoint reads: the member's weights and its own arguments
+            "epoch": trainer.current_epoch, "global_step": trainer.global_step,
+            "pytorch-lightning_version": pl.__version__,
+            "state_dict": {f"net.{k}": v for k, v in module.net.member_state_dict(n).items()},
+            LeNetModule.CHECKPOINT_HYPER_PARAMS_NAME: "kwargs",
+            LeNetModule.CHECKPOINT_HYPER_PARAMS_KEY: self.members[n].checkpoint_hparams(),
+        }  # fmt: skip
+        trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+        previous = (self.best[n] or {}).get("path")
+        if previous and previous != path:
+            trainer.strategy.checkpoint_io.remove_checkpoint(previous)
+        self.best[n] = {"path": path, "score": score}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "jobs": [str(member.output_dir) for member in self.members]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        jobs = [str(member.output_dir) for member in self.members]
+        if state_dict["jobs"] != jobs:
+            raise UserError(f"the group checkpoint trains {state_dict['jobs']}, not {jobs}: resume the sweep with "
+                            "its own grid, or resume=retry to train these jobs again")  # fmt: skip
+        self.best = state_dict["best"]
+
+
+def _monitored_checkpoint(cfg: DictConfig) -> ModelCheckpoint:
+    """The job's ModelCheckpoint that selects the best epoch (it has a monitor): its dirpath, file name and mode."""
+    callbacks = (instantiate(node) for node in cfg.callbacks.values())
+    return next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
 
 
 def _member_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -274,82 +253,51 @@ def _member_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def train_group(members: list[Member], group: dict) -> list[dict]:
-    """Train the members as one stacked model; write and return each member's metrics.json content.
+def group_folder(sweep_dir: Path, members: list[Member]) -> Path:
+    """Where the group's own checkpoint lives: named after its first job, which belongs to no other group."""
+    return Path(sweep_dir) / "fused_groups" / members[0].output_dir.name
 
-    group: what metrics.json records of the group (its id, its members' job numbers).
+
+def train_group(members: list[Member], group: dict, folder: Path, resume_hint: str, ckpt_path: str | None = None
+                ) -> list[dict]:  # fmt: skip
+    """Train the members as one fused model; write and return each member's metrics.json content.
+
+    group: what metrics.json records of the group (its id, its members' job numbers); folder: the group's
+    checkpoints; ckpt_path: the group's last.ckpt to continue from.
     """
-    quiet_lightning()
     cfg = members[0].cfg  # the settings every member shares
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.set_float32_matmul_precision(cfg.matmul_precision)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    group_history = EpochHistory()  # the group's epoch times; members' metrics come from MemberOutputs
-    outputs = MemberOutputs(members, group_history)
-    # The progress bar and any callback a user added run on the group; what a job keeps per member does not.
-    per_member = ModelCheckpoint | EpochHistory | BestCheckpointFigures
-    shared = [c for c in (instantiate(c) for c in cfg.callbacks.values()) if not isinstance(c, per_member)]
-    callbacks = [group_history, outputs, *shared]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    lifecycle.prepare(cfg)
+    history = EpochHistory()  # the members' rows, as for a solo job
+    outputs = MemberOutputs(members, history)
+    # The group's last.ckpt: the job config's ModelCheckpoint without a monitor, in the group's folder. Per member
+    # only the monitored one's naming is used (MemberOutputs); a user's own callbacks run on the group.
+    shared = []
+    for callback in (instantiate(node) for node in cfg.callbacks.values()):
+        if isinstance(callback, ModelCheckpoint) and not callback.monitor:
+            callback.dirpath = str(folder)
+            shared.append(callback)
+        elif not isinstance(callback, ModelCheckpoint | EpochHistory):
+            shared.append(callback)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[history, outputs, *shared], logger=False)
     device = trainer.strategy.root_device
 
-    nets, generators = [], []
-    for member in members:
+    # The fused network from the jobs' own model config (LeNet5's arguments), with each member's dropout p.
+    net_args = OmegaConf.to_container(cfg.model, resolve=True) | {"_target_": FUSED_NET}
+    net = instantiate(net_args, members=len(members), dropout_p=[m.cfg.model.dropout_p for m in members])
+    generators = []
+    for n, member in enumerate(members):
         torch.manual_seed(member.cfg.seed)  # as the solo run's seed_everything: the same initial weights
-        nets.append(instantiate(member.cfg.model))
-        has_dropout = any(isinstance(m, nn.Dropout) for m in nets[-1].modules())
+        solo = instantiate(member.cfg.model)
+        net.load_member(n, solo.state_dict())
+        has_dropout = any(isinstance(m, nn.Dropout) for m in solo.modules())
         generators.append(_member_generator(member.cfg.seed, device) if has_dropout else None)
-        member.net = nets[-1]
-        member.callbacks = [c for c in (instantiate(c) for c in member.cfg.callbacks.values())
-                            if isinstance(c, ModelCheckpoint | EpochHistory)]  # fmt: skip
-        member.logger = instantiate(member.cfg.logger)
-    module = GroupModule(nets, generators, [m.node("optim") for m in members], members[0].node("scheduler"))
+    module = GroupModule(net, generators, [m.node("optim") for m in members], members[0].node("scheduler"))
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data = {k: v for k, v in data.items() if k not in ("_target_", "shuffle_seed")}  # the shuffle seeds are per member
     datamodule = StackedFashionMNIST(shuffle_seeds=[m.cfg.data.shuffle_seed for m in members], **data)
     datamodule.prepare_data()
 
-    start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
-    common = {"device": device_name(device), "versions": library_versions(), "started_at": started_at,
-              "fused_group": group}  # fmt: skip
-    try:
-        trainer.fit(module, datamodule=datamodule)
-    except SystemExit as stop:  # Ctrl-C or SIGTERM: every member's last.ckpt is written (MemberOutputs)
-        for member in members:
-            metrics = member.hparams | common | {"status": "interrupted", "history": member.history.history}
-            write_json_atomic(member.output_dir / METRICS_FILE, metrics)
-        raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
-
-    tested = [n for n, member in enumerate(members) if not member.history.diverged]
-    for n in tested:  # each member's best-by-validation weights, then one test pass for all of them
-        best = torch.load(members[n].best_checkpoint.best_model_path, map_location=device, weights_only=False)
-        nets[n].load_state_dict({k.removeprefix("net."): v for k, v in best["state_dict"].items()})
-    if tested:
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        test_losses, test_accuracies = module.take("test_best")
-    wall = time.perf_counter() - start
-    results = []
-    for n, member in enumerate(members):
-        metrics = member.hparams | common | {"history": list(member.history.history)}
-        rows = metrics["history"]
-        if member.history.diverged:
-            metrics |= {"status": "diverged", "best_val_acc": None, "test_acc": None}
-        else:
-            checkpoint = member.best_checkpoint
-            metrics |= {"status": "completed"} | best_checkpoint_results(
-                rows, float(checkpoint.best_model_score), checkpoint.best_model_path, test_accuracies[n],
-                test_losses[n], module.confusions[n].compute(),
-            )  # fmt: skip
-            member.logger.log_metrics({"test_best/loss": test_losses[n], "test_best/acc": test_accuracies[n]},
-                                      step=trainer.current_epoch)  # fmt: skip
-            log_test_figures(member.logger.experiment, module.confusions[n].compute(), module.misclassified_images(n))
-            member.logger.log_hyperparams(
-                member.hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]}
-            )
-        member.logger.finalize("success")
-        metrics |= {"final_train_acc": rows[-1].get("train_acc") if rows else None, "cuda_graph": False,
-                    "wall_time_s": wall}  # fmt: skip
-        write_json_atomic(member.output_dir / METRICS_FILE, metrics)
-        results.append(metrics)
-    return results
+    group = group | {"checkpoint": str(folder / "last.ckpt")}
+    jobs = [JobRecord(m.output_dir, m.hparams, logger, {"fused_group": group})
+            for m, logger in zip(members, outputs.loggers, strict=True)]  # fmt: skip
+    return lifecycle.run(trainer, module, datamodule, jobs, history, ckpt_path, resume_hint)

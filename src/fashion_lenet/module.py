@@ -11,10 +11,12 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from fashion_lenet.lifecycle import BestCheckpoint
 from fashion_lenet.train_step import TrainStep
 
 NUM_CLASSES = 10
 MAX_MISCLASSIFIED = 64
+HISTORY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc")  # logged per epoch, kept per epoch
 
 
 def _accuracy() -> MulticlassAccuracy:
@@ -46,7 +48,8 @@ def _mean() -> MeanMetric:
 
 
 class LeNetModule(pl.LightningModule):
-    """Wraps a network described by `net` (a Hydra node with `_target_`), so checkpoints rebuild themselves.
+    """One job (lifecycle.py's `members` = 1): wraps a network described by `net` (a Hydra node with `_target_`), so
+    checkpoints rebuild themselves.
 
     `optimizer` and `scheduler` are `_partial_: true` nodes, completed in `configure_optimizers`.
     `cuda_graph`: on a single GPU, record each training step's forward and backward once and replay it.
@@ -67,8 +70,32 @@ class LeNetModule(pl.LightningModule):
         self.misclassified: list[torch.Tensor] = []
         self.train_step: TrainStep | None = None
 
+    members = 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def epoch_rows(self) -> list[dict[str, float]]:
+        """The epoch's logged metrics as a history row (`train/loss` -> `train_loss`)."""
+        metrics = self.trainer.callback_metrics
+        return [{key.replace("/", "_"): float(metrics[key]) for key in HISTORY_KEYS if key in metrics}]
+
+    def stop_member(self, member: int) -> None:
+        pass  # the only job: EpochHistory stops the run
+
+    def test_best(self, trainer: pl.Trainer, datamodule, tested: list[bool]) -> list[BestCheckpoint | None]:
+        """Test the checkpoint with the best validation accuracy, once, on the official test set."""
+        if not tested[0]:
+            return [None]
+        best = trainer.checkpoint_callback  # the monitored callback; last.ckpt has its own
+        trainer.test(self, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
+        return [BestCheckpoint(best.best_model_path, float(best.best_model_score), **self.test_results())]
+
+    def test_results(self) -> dict:
+        """The last test pass: accuracy, mean loss, confusion matrix and misclassified images."""
+        return {"test_acc": float(self.metrics["test_best_acc"].compute()),
+                "test_loss": float(self.metrics["test_best_loss"].compute()),
+                "confusion": self.confusion.compute(), "misclassified": self.misclassified_images()}  # fmt: skip
 
     @property
     def uses_cuda_graph(self) -> bool:
@@ -105,7 +132,7 @@ class LeNetModule(pl.LightningModule):
         # Per-image losses: their mean over the epoch is exact with partial batches, with no host sync.
         self.metrics[f"{stage}_loss"].update(nn.functional.cross_entropy(logits, labels, reduction="none"))
         self.metrics[f"{stage}_acc"].update(logits, labels)
-        if batch_idx == 0:
+        if batch_idx == 0 and stage != "test_best":  # the best checkpoint's results: lifecycle.py logs them
             self._log_epoch_metrics(stage)
         return logits
 
@@ -132,7 +159,8 @@ class LeNetModule(pl.LightningModule):
             self.misclassified.append(images[predictions != labels].cpu())
 
     def on_test_epoch_start(self) -> None:
-        self.confusion.reset()
+        for metric in (self.metrics["test_best_loss"], self.metrics["test_best_acc"], self.confusion):
+            metric.reset()
         self.misclassified = []
 
     def misclassified_images(self) -> torch.Tensor:

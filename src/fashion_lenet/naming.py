@@ -9,9 +9,14 @@ by its command-line overrides, or by its technique when it has none. Light to im
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
 
 MULTIRUN_FILE = "multirun.yaml"
 HOW_TO_CONTINUE = ("resume", "ckpt_path")  # how a run is continued, not what it trains
@@ -24,7 +29,6 @@ def override_key(override: str) -> str:
 
 def sweep_shape(sweep_dir: str | Path) -> tuple[set[str], int | None]:
     """(the swept keys, the number of jobs) of the sweep in sweep_dir; (set(), None) without its multirun.yaml."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     path = Path(sweep_dir) / MULTIRUN_FILE
@@ -36,8 +40,22 @@ def sweep_shape(sweep_dir: str | Path) -> tuple[set[str], int | None]:
     swept = {override.key_or_group for override in overrides if override.is_sweep_override()}
     if "n_trials" in hydra.sweeper:  # Optuna's: as many jobs as trials
         return swept, hydra.sweeper.n_trials
-    discrete = [o for o in overrides if not o.is_sweep_override() or o.is_discrete_sweep()]
-    return swept, len(BasicSweeper.split_arguments(discrete, None)[0])
+    return swept, _grid_size(overrides)
+
+
+def _grid_size(overrides: list[Override]) -> int:
+    """The number of jobs Hydra's basic sweeper expands the overrides to: the product of each key's values.
+
+    Keyed as Hydra keys them (`+a` and `a` apart, a later override of a key replacing the earlier one); an
+    interval sweep, which no grid can enumerate, counts for nothing.
+    """
+    values: dict[str, int] = {}
+    for override in overrides:
+        if not override.is_sweep_override():
+            values[override.get_key_element()] = 1
+        elif override.is_discrete_sweep():
+            values[override.get_key_element()] = sum(1 for _ in override.sweep_string_iterator())
+    return math.prod(values.values())
 
 
 def job_settings(hydra_cfg: DictConfig) -> list[str]:

@@ -26,8 +26,8 @@ from scipy import stats
 
 from fashion_lenet.data import CLASSES
 from fashion_lenet.errors import UserError
+from fashion_lenet.jobfiles import read_metrics
 from fashion_lenet.plots import confusion_matrix_figure, plt, save
-from fashion_lenet.results import read_metrics
 
 # The seed report's Figure 2 (final train %, final test %), one run each.
 SEED_FIGURE_2 = {

@@ -19,8 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_lenet.errors import ConfigError
+from fashion_lenet.jobfiles import METRICS_FILE, job_dirs, read_metrics
 from fashion_lenet.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_key
-from fashion_lenet.results import METRICS_FILE, job_dirs, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +103,55 @@ def plan(sweep_dir: Path, grid: list[list[str]], compose: Callable[[list[str]], 
             retried.append(folder)
         launches.append([*overrides, f"hydra.sweep.subdir={folder.name}"])
     for folder in retried:  # only once every job is checked: a refused resume changes nothing
-        for path in _outputs(folder):
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        clear_outputs(folder)
     log.info(f"Resuming {sweep_dir}: {kept} jobs kept, {len(launches)} to run ({len(retried)} retried)")
     return launches
 
 
 def last_checkpoint(output_dir: Path, mode: bool | str) -> str | None:
-    """`last` when resuming a run whose folder holds an unfinished run's last.ckpt."""
-    if not mode or not (Path(output_dir) / "checkpoints" / "last.ckpt").is_file():
+    """The last.ckpt to continue from when resuming a run whose folder holds an unfinished run's last.ckpt."""
+    path = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if not mode or not path.is_file():
         return None
-    return None if (read_metrics(output_dir) or {}).get("status") == "completed" else "last"
+    return None if (read_metrics(output_dir) or {}).get("status") == "completed" else str(path)
+
+
+def fused_group_checkpoint(output_dir: Path) -> str | None:
+    """The group checkpoint a job interrupted as a member of a fused group continues from (with its group)."""
+    metrics = read_metrics(output_dir) or {}
+    if metrics.get("status") != "interrupted":
+        return None
+    return (metrics.get("fused_group") or {}).get("checkpoint")
+
+
+def solo_checkpoint(output_dir: Path, ckpt_path: str | None, mode: bool | str) -> str | None:
+    """The checkpoint a solo run continues from (`ckpt_path`, or with `resume` its folder's last.ckpt), checked.
+
+    A damaged last.ckpt is refused in one line, or with resume=retry set aside: the job trains again.
+    """
+    from fashion_lenet.checkpoints import check_resumable, readable  # torch: in the job's process only
+
+    output_dir = Path(output_dir)
+    if ckpt_path is None and mode and fused_group_checkpoint(output_dir):
+        raise ConfigError(f"resume={mode}: {output_dir} was interrupted as a member of a fused group; resume the "
+                          "sweep with the launcher it ran with (hydra/launcher=fused)")  # fmt: skip
+    resuming = ckpt_path is None
+    ckpt_path = ckpt_path or last_checkpoint(output_dir, mode)
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
+    if path is None or path == "hpc" or "://" in str(path) or not Path(path).is_file():
+        return ckpt_path  # nothing to resume, or a checkpoint Lightning finds or fetches itself
+    if resuming and mode == "retry" and not readable(path):
+        log.warning(f"{path} is damaged: resume=retry trains the job in {output_dir} again")
+        clear_outputs(output_dir)
+        return None
+    check_resumable(path, "resume=retry trains the job again" if resuming else "give another ckpt_path")
+    return ckpt_path
+
+
+def clear_outputs(folder: Path) -> None:
+    """What a job trains again without: checkpoints, metrics.json, its TensorBoard run."""
+    for path in _outputs(folder):
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def how_to_resume(hydra_cfg) -> str:

@@ -3,8 +3,10 @@
 Every job is composed and checked first. Jobs whose configs are equal but for numbers that can differ per member
 (PER_MEMBER) form a group, up to `max_members`; each group trains in this process as one StackedLeNet5
 (fashion_lenet.group), groups one after another. A group of one, or a job that resumes (`ckpt_path` set), runs
-exactly as the basic launcher runs it. Each member gets the job folder, `.hydra/`, log file, callbacks and
-JobReturn of a solo job, so sweepers (grid, Optuna), summary.md and the report see ordinary jobs.
+exactly as the basic launcher runs it (Hydra's run_job); a group that was interrupted continues as one group from
+its own checkpoint. Each member gets the job folder, `.hydra/`, log file, callbacks and JobReturn of a solo job,
+so sweepers (grid, Optuna), summary.md and the report see ordinary jobs. Hydra is used through its public API
+only (run_job, configure_log, setup_globals, HydraConfig, JobReturn, the context's callbacks and config loader).
 
 Light to import (Hydra imports every hydra_plugins module at start-up): torch loads only when a group trains.
 """
@@ -19,16 +21,17 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobRuntime, JobStatus, _save_config, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from fashion_lenet.config import validate
-from fashion_lenet.errors import ConfigError, DivergedError
-from fashion_lenet.resume import last_checkpoint, resume_command
+from fashion_lenet import lifecycle
+from fashion_lenet.config import register_resolvers, validate
+from fashion_lenet.errors import ConfigError
+from fashion_lenet.resume import clear_outputs, fused_group_checkpoint, last_checkpoint, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,17 @@ class Job:
         """What composes this job again in another process (its hydra.* overrides too, e.g. a resume's subdir)."""
         return [*self.config.hydra.overrides.hydra, *self.config.hydra.overrides.task]
 
+    @property
+    def group_checkpoint(self) -> str | None:
+        """With resume set, the checkpoint of the fused group this job was interrupted in."""
+        return fused_group_checkpoint(self.output_dir) if self.task_cfg.resume else None
+
     def group_key(self) -> str | None:
         """Equal for jobs that can train as one stacked model; None for a job that must run alone."""
         if self.error is not None or self.task_cfg.ckpt_path or last_checkpoint(self.output_dir, self.task_cfg.resume):
-            return None  # a resuming job continues alone, from its own last.ckpt
+            return None  # a solo job that resumes continues alone, from its own last.ckpt
+        if self.group_checkpoint:
+            return f"resume {self.group_checkpoint}"  # the members of an interrupted group continue together
         shared = OmegaConf.to_container(self.resolved)
         for key in PER_MEMBER:
             *parents, leaf = key.split(".")
@@ -89,6 +99,11 @@ def group_jobs(jobs: list[Job], max_members: int) -> list[list[Job]]:
     return [group[i : i + max_members] for group in groups for i in range(0, len(group), max_members)]
 
 
+def _runs_alone(group: list[Job]) -> bool:
+    """A group of one trains as a solo job (Hydra's run_job, train.py), unless it continues a fused group."""
+    return len(group) == 1 and group[0].error is None and not group[0].group_checkpoint
+
+
 class FusedLauncher(Launcher):
     def __init__(self, max_members: int = 36):
         if not isinstance(max_members, int) or isinstance(max_members, bool) or max_members < 1:
@@ -112,7 +127,7 @@ class FusedLauncher(Launcher):
         for number, group in enumerate(groups, 1):
             nums = " ".join(f"#{job.num}" for job in group)
             log.info(f"group {number}/{len(groups)}: {len(group)} job{'s' * (len(group) > 1)} ({nums})")
-            if len(group) == 1 and group[0].error is None:
+            if _runs_alone(group):
                 returns[group[0].num] = self._run_solo(group[0])
             else:
                 returns.update(self._run_group(group, number))
@@ -121,6 +136,7 @@ class FusedLauncher(Launcher):
 
     def _compose(self, overrides: list[str], num: int) -> Job:
         """The job's config as run_job would see it, checked, before anything trains."""
+        register_resolvers()
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(config):
             config.hydra.job.id = config.hydra.job.num = num
@@ -143,24 +159,24 @@ class FusedLauncher(Launcher):
         return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=job.config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")  # fmt: skip
 
-    def _start(self, job: Job) -> JobReturn:
-        """run_job's part before the task, but for the job-start callbacks: the job folder and .hydra/."""
+    @staticmethod
+    def _start(job: Job) -> JobReturn:
+        """What run_job does before the task, but for the job-start callbacks: the job folder and .hydra/."""
         HydraConfig.instance().set_config(job.config)
         job.output_dir.mkdir(parents=True, exist_ok=True)
         if job.config.hydra.output_subdir is not None:
             hydra_output = job.output_dir / str(job.config.hydra.output_subdir)
-            _save_config(job.task_cfg, "config.yaml", hydra_output)
-            _save_config(job.config, "hydra.yaml", hydra_output)
-            _save_config(job.config.hydra.overrides.task, "overrides.yaml", hydra_output)
-        ret = JobReturn(overrides=job.overrides, cfg=job.task_cfg, hydra_cfg=copy.deepcopy(job.config),
-                        working_dir=os.getcwd())  # fmt: skip
-        ret.task_name = JobRuntime.instance().get("name")
-        return ret
+            hydra_output.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(job.task_cfg, hydra_output / "config.yaml")
+            OmegaConf.save(job.config, hydra_output / "hydra.yaml")
+            OmegaConf.save(job.config.hydra.overrides.task, hydra_output / "overrides.yaml")  # last: a job folder
+        return JobReturn(overrides=job.overrides, cfg=job.task_cfg, hydra_cfg=copy.deepcopy(job.config),
+                         working_dir=os.getcwd(), task_name=job.config.hydra.job.name)  # fmt: skip
 
-    def _finish(self, job: Job, ret: JobReturn) -> None:
-        """run_job's part after the task: the job-end callbacks (metrics.json of a failure, summary.md)."""
+    def _callback(self, event: str, job: Job, **kwargs) -> None:
+        """Hydra's job callbacks (on_job_start, on_job_end), with the job's HydraConfig current."""
         HydraConfig.instance().set_config(job.config)
-        self.hydra_context.callbacks.on_job_end(config=job.config, job_return=ret)
+        getattr(self.hydra_context.callbacks, event)(config=job.config, **kwargs)
 
     def _run_group(self, group: list[Job], number: int) -> dict[int, JobReturn]:
         returns = {job.num: self._start(job) for job in group}
@@ -168,38 +184,57 @@ class FusedLauncher(Launcher):
         if trained:
             self._log_to_every_job_file(trained)
         for job in group:  # the job-start callbacks, once the group's logging is set up
-            HydraConfig.instance().set_config(job.config)
-            self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
+            self._callback("on_job_start", job, task_function=self.task_function)
             if job.error is not None:
                 returns[job.num].return_value, returns[job.num].status = job.error, JobStatus.FAILED
         for job, outcome in zip(trained, self._train(trained, number) if trained else [], strict=True):
             ret = returns[job.num]
-            if isinstance(outcome, Exception):
-                ret.return_value, ret.status = outcome, JobStatus.FAILED
-            elif outcome["status"] == "diverged":
-                epoch = len(outcome["history"]) - 1
-                message = f"training diverged in epoch {epoch}: the loss is no longer finite (job marked diverged)"
-                ret.return_value, ret.status = DivergedError(message), JobStatus.FAILED
-            else:
-                ret.return_value, ret.status = outcome["best_val_acc"], JobStatus.COMPLETED
-        for job in group:
-            self._finish(job, returns[job.num])
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                ret.return_value, ret.status = lifecycle.result(outcome), JobStatus.COMPLETED
+            except Exception as error:  # the group failed, or this member diverged
+                ret.return_value, ret.status = error, JobStatus.FAILED
+        for job in group:  # what run_job does after the task: metrics.json of a failure, the job's line, summary.md
+            self._callback("on_job_end", job, job_return=returns[job.num])
         return returns
 
     def _train(self, jobs: list[Job], number: int) -> list[dict | Exception]:
         """Each job's metrics.json content, or the exception that ended the group."""
-        from fashion_lenet.group import Member, train_group  # torch and Lightning: only now
-        from fashion_lenet.results import job_hparams
+        from fashion_lenet.group import Member, group_folder, train_group  # torch and Lightning: only now
+        from fashion_lenet.jobfiles import job_hparams
 
         members = [Member(job.resolved, job.output_dir, job_hparams(job.resolved, job.config.hydra.runtime.choices))
                    for job in jobs]  # fmt: skip
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        group = {"id": number, "members": len(jobs), "jobs": [job.num for job in jobs]}
         try:
-            return train_group(members, {"id": number, "members": len(jobs), "jobs": [job.num for job in jobs]})
-        except SystemExit:  # Ctrl-C or SIGTERM: every member wrote its last.ckpt and metrics.json
-            log.warning(f"interrupted; resume with: {resume_command(Path(str(self.config.hydra.sweep.dir)))}")
-            raise
+            ckpt_path = self._group_checkpoint(jobs)
+            folder = Path(ckpt_path).parent if ckpt_path else group_folder(sweep_dir, members)
+            if not ckpt_path:  # a fresh start: no group checkpoint of an earlier try to continue from by mistake
+                (folder / "last.ckpt").unlink(missing_ok=True)
+            return train_group(members, group, folder, resume_command(sweep_dir), ckpt_path)
+        except SystemExit:  # Ctrl-C or SIGTERM: every member's metrics.json says interrupted, the group's last.ckpt
+            raise  # stays the last completed epoch's
         except Exception as error:  # e.g. a Trainer option the group cannot take: every member failed
             return [error] * len(jobs)
+
+    @staticmethod
+    def _group_checkpoint(jobs: list[Job]) -> str | None:
+        """The group checkpoint an interrupted group continues from; None for a group that starts (or starts
+        again: resume=retry sets a damaged one aside)."""
+        from fashion_lenet.checkpoints import check_resumable, readable
+
+        path, mode = jobs[0].group_checkpoint, jobs[0].task_cfg.resume
+        if path is None or not Path(path).is_file():  # stopped before its first epoch ended: it starts again
+            return None
+        if mode == "retry" and not readable(path):
+            log.warning(f"{path} is damaged: resume=retry trains its group again")
+            for job in jobs:
+                clear_outputs(job.output_dir)
+            return None
+        check_resumable(path, "resume=retry trains the group again")
+        return path
 
     @staticmethod
     def _log_to_every_job_file(jobs: list[Job]) -> None:
@@ -249,7 +284,7 @@ class _FusedSubmitit(FusedLauncher, BaseSubmititLauncher):
         Singleton.set_state(state)
         setup_globals()
         group = [self._compose(o, num) for o, num in zip(overrides, nums, strict=True)]
-        if len(group) == 1 and group[0].error is None:
+        if _runs_alone(group):
             return [self._run_solo(group[0])]
         return [self._run_group(group, number)[job.num] for job in group]
 

@@ -1,9 +1,11 @@
-"""What a job leaves behind: `metrics.json` (written atomically, last) and the sweep's `summary.md`."""
+"""A job's folder and its files: `metrics.json` (its schema, written atomically), what identifies a job folder.
+
+Light to import (no torch): the launchers, sweepers and the report read these files.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import platform
@@ -12,15 +14,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-
-from fashion_lenet.naming import job_settings, job_title
+from omegaconf import DictConfig
 
 METRICS_FILE = "metrics.json"
-SUMMARY_FILE = "summary.md"
-log = logging.getLogger("train")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -131,76 +127,5 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(folders, key=_job_number)
 
 
-def summary_markdown(sweep_dir: Path) -> str:
-    """One row per job folder: the overrides that differ between jobs, its status and headline numbers."""
-    folders = job_dirs(sweep_dir)
-    # `resume=...` says how a job was continued, not what it trained
-    overrides = {job: [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("resume=")]
-                 for job in folders}  # fmt: skip
-    shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
-    rows = ["| job | overrides | status | best val acc | test acc | wall s |", "|---|---|---|---|---|---|"]
-    for job_dir in folders:
-        metrics = read_metrics(job_dir) or {"status": "incomplete"}
-        varying = " ".join(o for o in overrides[job_dir] if o not in shared)
-        cells = [_percent(metrics.get("best_val_acc")), _percent(metrics.get("test_acc"))]
-        wall = metrics.get("wall_time_s")
-        note = f" ({metrics['error']})" if metrics.get("error") else ""
-        rows.append(
-            f"| {job_dir.name} | {varying} | {metrics['status']}{note} | {' | '.join(cells)} | "
-            f"{'' if wall is None else f'{wall:.0f}'} |"
-        )
-    common = f"Overrides shared by every job: `{' '.join(sorted(shared))}`\n\n" if shared else ""
-    return common + "\n".join(rows) + "\n"
-
-
 def _job_number(path: Path) -> tuple[int, str]:
     return (int(path.name), "") if path.name.isdigit() else (1 << 30, path.name)
-
-
-def _percent(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.2f}"
-
-
-class JobOutcome(Callback):
-    """Hydra callback: a line when a sweep's job starts and when any job ends; a job that raised still gets a
-    metrics.json saying so, and every job refreshes the sweep's summary.md, so an overnight sweep always shows
-    what finished, failed or diverged."""
-
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.mode.name == "MULTIRUN":
-            log.info(f"{job_title(config.hydra)}: {' '.join(job_settings(config.hydra))}")
-
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        job_dir = Path(config.hydra.runtime.output_dir)
-        if job_return.status == JobStatus.FAILED and read_metrics(job_dir) is None:
-            error = job_return._return_value  # the public getter re-raises the job's exception
-            message = " ".join(f"{type(error).__name__}: {error}".split())  # one line, also in summary.md
-            write_json_atomic(job_dir / METRICS_FILE, {"status": "failed", "error": message})
-        if os.environ.get("LOCAL_RANK", "0") != "0":  # the other processes of a multi-GPU run: rank 0 says it
-            return
-        metrics = read_metrics(job_dir)
-        if config.hydra.mode.name == "MULTIRUN":
-            level = logging.INFO if (metrics or {}).get("status") == "completed" else logging.WARNING
-            log.log(level, f"{job_title(config.hydra)} {outcome(metrics)}")
-            sweep_dir = Path(config.hydra.sweep.dir)
-            write_atomic(sweep_dir / SUMMARY_FILE, summary_markdown(sweep_dir))
-        elif job_return.status == JobStatus.COMPLETED:  # a failed run's error is Hydra's to print
-            log.info(f"{outcome(metrics)}; outputs in {job_dir}")
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        print_sweep_summary(Path(config.hydra.sweep.dir))
-
-
-def print_sweep_summary(sweep_dir: Path) -> None:
-    """summary.md on the terminal, and the command that finishes the sweep if a job did not complete."""
-    from fashion_lenet.resume import resume_command  # it reads this module
-
-    if not sweep_dir.is_dir():  # the sweep stopped before its first job
-        return
-    summary = sweep_dir / SUMMARY_FILE
-    if summary.is_file():
-        print(f"\nSweep summary ({summary}):\n{summary.read_text()}")
-    statuses = {(read_metrics(job) or {}).get("status") for job in job_dirs(sweep_dir)}
-    if statuses - {"completed"}:
-        mode = "retry" if statuses & {"failed", "diverged"} else "true"
-        print(f"Not every job completed; to finish the sweep: {resume_command(sweep_dir, mode)}")

@@ -1,0 +1,145 @@
+"""A job's life, written once for a solo run (train.py) and for each member of a fused group (group.py).
+
+    prepare(cfg)   threads, matmul precision, seeds, Lightning's console noise
+    run(...)       fit (or continue from a checkpoint); Ctrl-C/SIGTERM -> every job `interrupted`, exit 130/143;
+                   test each job's best checkpoint; per job: status (completed or diverged), metrics.json,
+                   TensorBoard's HPARAMS, test scalars and figures
+    result(...)    what the job hands Hydra: its best validation accuracy, or DivergedError
+
+What the trainer's module provides (LeNetModule: one job; GroupModule: its members, one job each):
+    members                          number of jobs it trains
+    epoch_rows() -> [row]            each job's metrics of the epoch that just ended (EpochHistory's rows)
+    stop_member(n)                   job n diverged: it stops training, the others go on
+    test_best(trainer, datamodule, tested) -> [BestCheckpoint | None]   each job's best checkpoint, tested
+    uses_cuda_graph                  whether training steps replayed a CUDA graph
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fashion_lenet.errors import DivergedError
+from fashion_lenet.jobfiles import (
+    METRICS_FILE,
+    best_checkpoint_results,
+    device_name,
+    library_versions,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.loggers import Logger
+    from omegaconf import DictConfig
+
+    from fashion_lenet.callbacks import EpochHistory
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class JobRecord:
+    """One job while it trains: its folder, what describes it, its TensorBoard run."""
+
+    output_dir: Path
+    hparams: dict  # metrics.json's and TensorBoard HPARAMS' description of the job (jobfiles.job_hparams)
+    logger: Logger | None
+    extra: dict[str, Any] = field(default_factory=dict)  # more for metrics.json, e.g. the fused group
+
+
+@dataclass
+class BestCheckpoint:
+    """A job's best-by-validation checkpoint, tested once on the official test set."""
+
+    path: str
+    val_acc: float
+    test_acc: float
+    test_loss: float
+    confusion: torch.Tensor
+    misclassified: torch.Tensor  # up to 64 misclassified test images, normalized
+
+
+def prepare(cfg: DictConfig) -> None:
+    """The process-wide settings of a training run, before anything is built."""
+    import lightning.pytorch as pl
+    import torch
+
+    from fashion_lenet.console import quiet_lightning
+
+    quiet_lightning()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def run(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, jobs: list[JobRecord],
+        history: EpochHistory, ckpt_path: str | None, resume_hint: str) -> list[dict]:  # fmt: skip
+    """Train, test and record `jobs` (module.members of them); return each job's metrics.json content."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    common = {"device": device_name(trainer.strategy.root_device), "versions": library_versions(),
+              "started_at": started_at}  # fmt: skip
+    try:
+        with warnings.catch_warnings():
+            if ckpt_path:  # resuming: the run's folder holds its own checkpoints, nothing to warn about
+                warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
+        for job, rows in zip(jobs, history.histories, strict=True):
+            _write(trainer, job, job.hparams | common | job.extra | {"status": "interrupted", "history": rows})
+        log.warning("interrupted; resume with: %s", resume_hint)
+        raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
+    # Copies: testing a checkpoint restores the callbacks' state, histories included, to that checkpoint's.
+    histories, diverged = [list(rows) for rows in history.histories], list(history.diverged)
+    tested = module.test_best(trainer, datamodule, [not d for d in diverged])
+    wall = time.perf_counter() - start
+    results = []
+    for job, rows, best in zip(jobs, histories, tested, strict=True):
+        metrics = job.hparams | common | job.extra | {"history": rows}
+        if best is None:
+            metrics |= {"status": "diverged", "best_val_acc": None, "test_acc": None}
+        else:
+            metrics |= {"status": "completed"} | best_checkpoint_results(
+                rows, best.val_acc, best.path, best.test_acc, best.test_loss, best.confusion
+            )
+            if job.logger is not None:
+                _log_test_results(job.logger, job.hparams, metrics, best, step=trainer.current_epoch)
+        metrics |= {"final_train_acc": rows[-1].get("train_acc") if rows else None,
+                    "cuda_graph": module.uses_cuda_graph, "wall_time_s": wall}  # fmt: skip
+        _write(trainer, job, metrics)
+        results.append(metrics)
+    return results
+
+
+def _write(trainer: pl.Trainer, job: JobRecord, metrics: dict) -> None:
+    if trainer.is_global_zero:  # one writer when several processes train one model (DDP)
+        write_json_atomic(job.output_dir / METRICS_FILE, metrics)
+
+
+def _log_test_results(logger: Logger, hparams: dict, metrics: dict, best: BestCheckpoint, step: int) -> None:
+    """The best checkpoint's test scalars, HPARAMS row, confusion matrix and misclassified images in TensorBoard."""
+    from fashion_lenet.callbacks import log_test_figures
+
+    logger.log_metrics({"test_best/loss": best.test_loss, "test_best/acc": best.test_acc}, step=step)
+    logger.log_hyperparams(hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]})
+    if hasattr(logger, "experiment") and hasattr(logger.experiment, "add_figure"):  # TensorBoard's writer
+        log_test_figures(logger.experiment, best.confusion, best.misclassified)
+    logger.finalize("success")
+
+
+def result(metrics: dict) -> float:
+    """What a job returns to Hydra's sweepers: its best validation accuracy; a diverged job fails like any job
+    without a result."""
+    if metrics["status"] == "diverged":
+        epoch = len(metrics["history"]) - 1
+        raise DivergedError(f"training diverged in epoch {epoch}: the loss is no longer finite (job marked diverged)")
+    return metrics["best_val_acc"]
