@@ -61,11 +61,3 @@ def check_resumable(path: str | Path, what_to_do: str) -> None:
     if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in LIGHTNING_KEYS):
         raise UserError(f"{path} cannot be resumed from (not a training checkpoint of this project): {what_to_do}")
 
-
-def readable(path: str | Path) -> bool:
-    """Whether check_resumable accepts the file."""
-    try:
-        check_resumable(path, "")
-    except UserError:
-        return False
-    return True

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fashion_lenet.errors import ConfigError
+from fashion_lenet.errors import ConfigError, UserError
 from fashion_lenet.jobfiles import METRICS_FILE, job_dirs, read_metrics
 from fashion_lenet.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_key
 
@@ -129,7 +129,7 @@ def solo_checkpoint(output_dir: Path, ckpt_path: str | None, mode: bool | str) -
 
     A damaged last.ckpt is refused in one line, or with resume=retry set aside: the job trains again.
     """
-    from fashion_lenet.checkpoints import check_resumable, readable  # torch: in the job's process only
+    from fashion_lenet.checkpoints import check_resumable  # torch: in the job's process only
 
     output_dir = Path(output_dir)
     if ckpt_path is None and mode and fused_group_checkpoint(output_dir):
@@ -140,11 +140,14 @@ def solo_checkpoint(output_dir: Path, ckpt_path: str | None, mode: bool | str) -
     path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
     if path is None or path == "hpc" or "://" in str(path) or not Path(path).is_file():
         return ckpt_path  # nothing to resume, or a checkpoint Lightning finds or fetches itself
-    if resuming and mode == "retry" and not readable(path):
+    try:
+        check_resumable(path, "resume=retry trains the job again" if resuming else "give another ckpt_path")
+    except UserError:
+        if not (resuming and mode == "retry"):
+            raise
         log.warning(f"{path} is damaged: resume=retry trains the job in {output_dir} again")
         clear_outputs(output_dir)
         return None
-    check_resumable(path, "resume=retry trains the job again" if resuming else "give another ckpt_path")
     return ckpt_path
 
 

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fashion_lenet import lifecycle
 from fashion_lenet.config import register_resolvers, validate
-from fashion_lenet.errors import ConfigError
+from fashion_lenet.errors import ConfigError, UserError
 from fashion_lenet.resume import clear_outputs, fused_group_checkpoint, last_checkpoint, resume_command
 
 log = logging.getLogger(__name__)
@@ -223,17 +223,20 @@ class FusedLauncher(Launcher):
     def _group_checkpoint(jobs: list[Job]) -> str | None:
         """The group checkpoint an interrupted group continues from; None for a group that starts (or starts
         again: resume=retry sets a damaged one aside)."""
-        from fashion_lenet.checkpoints import check_resumable, readable
+        from fashion_lenet.checkpoints import check_resumable
 
         path, mode = jobs[0].group_checkpoint, jobs[0].task_cfg.resume
         if path is None or not Path(path).is_file():  # stopped before its first epoch ended: it starts again
             return None
-        if mode == "retry" and not readable(path):
+        try:
+            check_resumable(path, "resume=retry trains the group again")
+        except UserError:
+            if mode != "retry":
+                raise
             log.warning(f"{path} is damaged: resume=retry trains its group again")
             for job in jobs:
                 clear_outputs(job.output_dir)
             return None
-        check_resumable(path, "resume=retry trains the group again")
         return path
 
     @staticmethod
