@@ -42,7 +42,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # fails fast, with advice, when the data is missing or corrupted
     node = lambda key: OmegaConf.to_container(cfg[key], resolve=True) or None  # noqa: E731
-    module = LeNetModule(node("model"), node("optim"), node("scheduler"), cuda_graph=cfg.cuda_graph)
+    module = LeNetModule(node("model"), node("optim"), node("scheduler"), cfg.cuda_graph, cfg.label_smoothing)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
     history = next(c for c in callbacks if isinstance(c, EpochHistory))

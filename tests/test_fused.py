@@ -41,16 +41,27 @@ def _fused_sweep(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
 # two pairings were measured too (TOLERANCES) and are left out to keep make test short.
 @pytest.mark.parametrize(("variant", "steps"), [("dropout", 30), ("bn_pre", 1)])
 def test_a_fused_member_starts_from_its_solo_weights_and_follows_its_solo_run(tmp_path, make_cfg, variant, steps):
+    _members_follow_their_solo_runs(tmp_path, make_cfg, [f"model={variant}", *GRID], SOLO, steps)
+
+
+def test_members_with_their_own_label_smoothing_and_augmentation_follow_their_solo_runs(tmp_path, make_cfg):
+    grid = ["seed=0", "label_smoothing=0.0,0.1", "data.max_shift=1,2", "data.augment=true", "optim.lr=0.003", THREADS]
+    solo = {0: ["label_smoothing=0.0", "data.max_shift=1"], 3: ["label_smoothing=0.1", "data.max_shift=2"]}
+    _members_follow_their_solo_runs(tmp_path, make_cfg, grid, solo, 30)
+
+
+def _members_follow_their_solo_runs(tmp_path, make_cfg, grid: list[str], solo_overrides: dict, steps: int) -> None:
+    """A 4-member group's members 0 and 3 start from their solo runs' weights and follow their solo runs."""
     loss_rtol, acc_atol = TOLERANCES[steps]
     limit = f"++trainer.limit_train_batches={steps}"
-    result = _fused_sweep(tmp_path / "fused", f"model={variant}", *GRID, limit, PROBE,
-                          f"+callbacks.initial_weights.path={tmp_path / 'fused.pt'}")  # fmt: skip
+    result = _fused_sweep(tmp_path / "fused", *grid, limit, PROBE, f"+callbacks.initial_weights.path={tmp_path / 'fused.pt'}")
     assert result.returncode == 0, result.stderr[-3000:]
     fused_start = torch.load(tmp_path / "fused.pt")
     assert len(fused_start) == 4  # one group of four members
-    for member, overrides in SOLO.items():
+    shared = [o for o in grid if "," not in o]
+    for member, overrides in solo_overrides.items():
         probe = [PROBE, f"+callbacks.initial_weights.path={tmp_path / f'solo{member}.pt'}"]
-        solo = train(make_cfg(f"model={variant}", *TINY, limit, *overrides, "optim.weight_decay=1e-4", THREADS, *probe))
+        solo = train(make_cfg(*shared, *TINY, limit, *overrides, *probe))
         solo_start = torch.load(tmp_path / f"solo{member}.pt")[0]
         assert solo_start.keys() == fused_start[member].keys()
         for name, tensor in solo_start.items():  # step 0: bit for bit

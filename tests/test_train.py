@@ -9,7 +9,7 @@ from train import train
 
 METRICS_KEYS = {
     "technique", "model", "optimizer", "lr", "weight_decay", "dropout_p", "batch_size", "seed", "max_epochs",
-    "best_epoch", "best_val_acc", "test_acc", "final_train_acc", "history", "wall_time_s", "device",
+    "label_smoothing", "max_shift", "best_epoch", "best_val_acc", "test_acc", "final_train_acc", "history", "wall_time_s", "device",
     "versions", "status",
 }  # fmt: skip
 

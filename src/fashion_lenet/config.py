@@ -63,6 +63,7 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("ckpt_path", _checkpoint, "null, last, hpc, or the path of an existing checkpoint file"),
         ("resume", lambda v: v in (True, False, "retry") and not _integer(v), "true, false or retry"),
         ("cuda_graph", *_BOOLEAN),
+        ("label_smoothing", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
         ("matmul_precision", lambda v: v in MATMUL_PRECISIONS, ", ".join(MATMUL_PRECISIONS)),
         ("optim.lr", lambda v: _number(v) and v > 0, "a number > 0"),
         ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),

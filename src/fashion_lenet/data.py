@@ -124,9 +124,9 @@ class MemberBatches:
     """
 
     def __init__(self, images, labels, batch_size: int, generators: list[torch.Generator],
-                 max_shift: int | None = None):  # fmt: skip
+                 max_shifts: list[int | None]):  # fmt: skip
         self.images, self.labels = images, labels
-        self.batch_size, self.generators, self.max_shift = batch_size, generators, max_shift
+        self.batch_size, self.generators, self.max_shifts = batch_size, generators, max_shifts  # None: no augmenting
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -136,9 +136,9 @@ class MemberBatches:
         orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in self.generators])
         for batch in orders.split(self.batch_size, dim=1):
             images = self.images[batch]
-            if self.max_shift is not None:
-                shifted = zip(images, self.generators, strict=True)
-                images = torch.stack([augment(x, g, self.max_shift) for x, g in shifted])
+            if any(shift is not None for shift in self.max_shifts):
+                members = zip(images, self.generators, self.max_shifts, strict=True)
+                images = torch.stack([x if shift is None else augment(x, g, shift) for x, g, shift in members])
             yield images, self.labels[batch]
 
 
@@ -214,11 +214,12 @@ class FashionMNISTDataModule(pl.LightningDataModule):
 
 
 class StackedFashionMNIST(FashionMNISTDataModule):
-    """The DataModule of a fused group: one copy of the data, one shuffle generator per member."""
+    """The DataModule of a fused group: one copy of the data; per member a shuffle generator and an augmentation
+    (max_shifts: each member's largest shift, None for no augmentation)."""
 
-    def __init__(self, shuffle_seeds: list[int], **kwargs):
+    def __init__(self, shuffle_seeds: list[int], max_shifts: list[int | None], **kwargs):
         super().__init__(shuffle_seed=shuffle_seeds[0], **kwargs)
-        self.shuffle_seeds = shuffle_seeds
+        self.shuffle_seeds, self.max_shifts = shuffle_seeds, max_shifts
         self.shuffle_generators: list[torch.Generator] = []
 
     def setup(self, stage: str | None = None) -> None:
@@ -228,7 +229,7 @@ class StackedFashionMNIST(FashionMNISTDataModule):
             self.shuffle_generators = [torch.Generator(device=device).manual_seed(s) for s in self.shuffle_seeds]
 
     def train_dataloader(self) -> MemberBatches:
-        return MemberBatches(*self.splits["train"], self.batch_size, self.shuffle_generators, self.max_shift)
+        return MemberBatches(*self.splits["train"], self.batch_size, self.shuffle_generators, self.max_shifts)
 
     # Every member's shuffle generator travels in the group's checkpoints, so a resumed group sees the same batches.
     def state_dict(self) -> dict:

@@ -47,14 +47,14 @@ class Member:
     def checkpoint_hparams(self) -> dict:
         """LeNetModule's arguments for this job: what its best checkpoint rebuilds itself from."""
         return {"net": self.node("model"), "optimizer": self.node("optim"), "scheduler": self.node("scheduler"),
-                "cuda_graph": self.cfg.cuda_graph}  # fmt: skip
+                "cuda_graph": self.cfg.cuda_graph, "label_smoothing": self.cfg.label_smoothing}  # fmt: skip
 
 
 class GroupModule(pl.LightningModule):
     """The members' networks fused; per-member loss, accuracy and test results as [members] tensors on the device."""
 
     def __init__(self, net: FusedLeNet5, dropout_generators: list[torch.Generator | None], optimizers: list[dict],
-                 scheduler: dict | None):  # fmt: skip
+                 scheduler: dict | None, label_smoothing: list[float] | None = None):  # fmt: skip
         super().__init__()
         self.automatic_optimization = False  # one optimizer step for all members, as the solo module steps
         self.net = net
@@ -62,6 +62,7 @@ class GroupModule(pl.LightningModule):
         self.dropout_generators = dropout_generators
         net.set_dropout_generators(dropout_generators)
         self.optimizer_nodes, self.scheduler_node = optimizers, scheduler
+        self.label_smoothing = label_smoothing if label_smoothing and any(label_smoothing) else None
         self.member_parameters: MemberParameters | None = None
         self.active = [True] * self.members  # False once a member diverged: it gets no gradient, so no update
         self.totals: dict[str, torch.Tensor] = {}  # stage -> [members, 3]: loss sum, correct, images
@@ -89,12 +90,22 @@ class GroupModule(pl.LightningModule):
         images, labels = batch  # [members, B, 1, 28, 28], [members, B]
         self.net.zero_grad(set_to_none=False)  # in place: the members' gradients stay views of these
         logits = self.net(images)
-        losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
+        losses = self._training_losses(logits, labels)
         # The sum of the members' mean losses: each member's gradient is that of its own mean loss.
         self.manual_backward(losses.mean(1).sum())
         self.member_parameters.point_gradients(self.active)
         self.optimizers().step()
         self._add("train", losses.detach(), logits.detach(), labels)
+
+    def _training_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[members, B] cross-entropies, each member's with its own label smoothing ε (as torch's: (1 - ε)·NLL plus
+        ε times the mean over classes of -log p)."""
+        if self.label_smoothing is None:
+            return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
+        log_p = logits.log_softmax(-1)
+        nll = -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        epsilon = torch.tensor(self.label_smoothing, device=logits.device, dtype=logits.dtype).unsqueeze(1)
+        return (1 - epsilon) * nll - epsilon * log_p.mean(-1)
 
     def _add(self, stage: str, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         correct = (logits.argmax(-1) == labels).sum(-1).to(losses.dtype)
@@ -291,10 +302,13 @@ def train_group(members: list[Member], group: dict, folder: Path, resume_hint: s
         net.load_member(n, solo.state_dict())
         has_dropout = any(isinstance(m, nn.Dropout) for m in solo.modules())
         generators.append(_member_generator(member.cfg.seed, device) if has_dropout else None)
-    module = GroupModule(net, generators, [m.node("optim") for m in members], members[0].node("scheduler"))
+    module = GroupModule(net, generators, [m.node("optim") for m in members], members[0].node("scheduler"),
+                         [m.cfg.label_smoothing for m in members])  # fmt: skip
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    data = {k: v for k, v in data.items() if k not in ("_target_", "shuffle_seed")}  # the shuffle seeds are per member
-    datamodule = StackedFashionMNIST(shuffle_seeds=[m.cfg.data.shuffle_seed for m in members], **data)
+    per_member = ("_target_", "shuffle_seed", "augment", "max_shift")
+    datamodule = StackedFashionMNIST(shuffle_seeds=[m.cfg.data.shuffle_seed for m in members],
+                                     max_shifts=[m.cfg.data.max_shift if m.cfg.data.augment else None for m in members],
+                                     **{k: v for k, v in data.items() if k not in per_member})  # fmt: skip
     datamodule.prepare_data()
 
     group = group | {"checkpoint": str(folder / "last.ckpt")}

@@ -63,6 +63,8 @@ def job_hparams(cfg: DictConfig, choices) -> dict:
         "seed": cfg.seed,
         "max_epochs": cfg.trainer.max_epochs,
         "scheduler": choices.get("scheduler"),
+        "label_smoothing": cfg.label_smoothing,
+        "max_shift": cfg.data.max_shift if cfg.data.augment else None,  # None: no augmentation
     }
 
 

@@ -53,9 +53,11 @@ class LeNetModule(pl.LightningModule):
 
     `optimizer` and `scheduler` are `_partial_: true` nodes, completed in `configure_optimizers`.
     `cuda_graph`: on a single GPU, record each training step's forward and backward once and replay it.
+    `label_smoothing`: of the training loss only; validation and test report the plain cross-entropy.
     """
 
-    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, cuda_graph: bool = True):
+    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, cuda_graph: bool = True,
+                 label_smoothing: float = 0.0):  # fmt: skip
         super().__init__()
         self.save_hyperparameters(logger=False)  # train.py logs hparams once, with the final metrics
         # The step is ours (TrainStep): Lightning's closure cannot replay a CUDA graph. Lightning still counts
@@ -107,7 +109,8 @@ class LeNetModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # Here the net is on its device and any checkpoint is restored: what a graph records must not move.
         capture = self.hparams.cuda_graph and self.trainer.world_size == 1  # DDP's gradient sync is not replayable
-        self.train_step = TrainStep(self.net, self.manual_backward, self.device, capture)
+        self.train_step = TrainStep(self.net, self.manual_backward, self.device, capture,
+                                    self.hparams.get("label_smoothing", 0.0))  # older checkpoints lack it
 
     def training_step(self, batch, batch_idx: int) -> None:
         self.train_step(*batch)

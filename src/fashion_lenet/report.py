@@ -37,7 +37,8 @@ SEED_FIGURE_2 = {
     "weight_decay": (91.81, 89.64),
 }
 # Hyperparameters that define a setting; lr is chosen per setting, seeds are repeats.
-SETTING_KEYS = ("technique", "model", "optimizer", "weight_decay", "dropout_p", "batch_size", "max_epochs", "scheduler")
+SETTING_KEYS = ("technique", "model", "optimizer", "weight_decay", "dropout_p", "batch_size", "max_epochs", "scheduler",
+                "label_smoothing", "max_shift")
 ALPHA = 0.05
 
 

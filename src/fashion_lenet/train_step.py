@@ -18,14 +18,15 @@ WARMUP_STEPS = 3  # eager steps before capture: cuDNN/cuBLAS handles and autogra
 class TrainStep:
     """Computes gradients for one batch into the net's `.grad` and adds the batch's loss and hits to `totals`.
 
-    totals = [sum of per-image losses, correct predictions, images] since the last `take_totals()`; kept on the
+    totals = [sum of per-image training losses (label-smoothed when set), correct predictions, images] since the last `take_totals()`; kept on the
     device (inside the graph when captured), so no step waits for the host.
     With `capture`, CUDA batches of the captured shape replay one graph; the first steps and batches of another
     shape (a partial last batch) run eagerly. Every step computes the same thing either way.
     """
 
-    def __init__(self, net: nn.Module, backward: Callable[[Tensor], None], device: torch.device, capture: bool):
-        self.net, self.backward = net, backward
+    def __init__(self, net: nn.Module, backward: Callable[[Tensor], None], device: torch.device, capture: bool,
+                 label_smoothing: float = 0.0):  # fmt: skip
+        self.net, self.backward, self.label_smoothing = net, backward, label_smoothing
         self.capture = capture and device.type == "cuda"
         self.totals = torch.zeros(3, device=device)
         self.warmup_steps_done = 0
@@ -60,7 +61,7 @@ class TrainStep:
         # Once a graph exists its gradient tensors must stay: zero them in place instead of dropping them.
         self.net.zero_grad(set_to_none=self.graph is None)
         logits = self.net(images)
-        losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+        losses = nn.functional.cross_entropy(logits, labels, reduction="none", label_smoothing=self.label_smoothing)
         self.backward(losses.mean())
         with torch.no_grad():
             self.totals[0] += losses.sum()

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 # Config keys that may differ between the members of one group: each member's own number in the fused step
 # (technique is only the report's label, logger.name the TensorBoard run's).
-PER_MEMBER = ("seed", "data.shuffle_seed", "optim.lr", "optim.weight_decay", "optim.momentum", "model.dropout_p",
-              "technique", "logger.name")  # fmt: skip
+PER_MEMBER = ("seed", "data.shuffle_seed", "data.augment", "data.max_shift", "optim.lr", "optim.weight_decay",
+              "optim.momentum", "model.dropout_p", "label_smoothing", "technique", "logger.name")  # fmt: skip
 
 
 class Job:

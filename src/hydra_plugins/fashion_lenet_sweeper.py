@@ -77,7 +77,7 @@ class CheckedBasicSweeper(BasicSweeper):
 class ResumableOptunaSweeper(OptunaSweeper):
     """Optuna's sweeper; its study lives in the sweep folder (hydra.sweeper.storage), so `resume=true` continues it
     toward n_trials in total: the trial that was running when the search stopped counts as failed, and new trials
-    get new job folders. Selected by conf/hparams_search/optuna.yaml."""
+    get new job folders. Selected by conf/hydra/sweeper/resumable_optuna.yaml."""
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         sweep_dir, resuming = Path(config.hydra.sweep.dir), config.get("resume")
