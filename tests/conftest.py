@@ -55,9 +55,10 @@ class RecordInitialWeights(pl.Callback):
             torch.save([{k: v.clone() for k, v in net.state_dict().items()}], self.path)
 
 
-def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a project command the way a user types it."""
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT / "tests")}  # conftest's probes
+def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: float = 600, env: dict | None = None
+            ) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run a project command the way a user types it (env: variables to set on top of this process's)."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT / "tests")} | (env or {})
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,14 +21,26 @@ LRS = ("0.01", "0.001")
 # What Lightning and Hydra print that says nothing to a user (fashion_lenet/console.py drops it)
 NOISE = ("💡 Tip", "litlogger", "LeafSpec", "GPU available: False", "TPU available: False", "log_every_n_steps",
          "`weights_only` was not set", "Seed set to", "`Trainer.fit` stopped", "Restoring states from",
-         "Loaded model weights from", "\t#0 : ")  # fmt: skip
+         "Loaded model weights from", "\t#0 : ", "srun")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, data_root) -> tuple[Path, subprocess.CompletedProcess]:
-    """A 2-job sweep over the learning rate, 2 epochs each, as a user types it."""
+def login_node(tmp_path_factory) -> dict:
+    """The environment of a cluster's login node: Slurm's `srun` on PATH (Lightning warns when it is unused).
+    Every terminal here is checked with it: it must change nothing."""
+    bin_dir = tmp_path_factory.mktemp("slurm_client")
+    srun = bin_dir / "srun"
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_root, login_node) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-job sweep over the learning rate, 2 epochs each, as a user types it (on a login node)."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    result = run_cli("train.py", "-m", f"optim.lr={','.join(LRS)}", *TWO_EPOCHS, f"hydra.sweep.dir={sweep_dir}")
+    result = run_cli("train.py", "-m", f"optim.lr={','.join(LRS)}", *TWO_EPOCHS, f"hydra.sweep.dir={sweep_dir}",
+                     env=login_node)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir, result
 
@@ -48,8 +61,8 @@ def _assert_clean(lines: list[str]) -> None:
     assert not [line for line in lines if any(noise in line for noise in NOISE)]
 
 
-def test_a_run_prints_its_result_once_and_none_of_the_noise(tmp_path):
-    result = run_cli("train.py", *TINY, f"hydra.run.dir={tmp_path}")
+def test_a_run_prints_its_result_once_and_none_of_the_noise(tmp_path, login_node):
+    result = run_cli("train.py", *TINY, f"hydra.run.dir={tmp_path}", env=login_node)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = _lines(result)
     _assert_clean(lines)

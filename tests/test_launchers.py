@@ -68,3 +68,18 @@ def test_one_run_on_two_processes_with_ddp(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
     assert (tmp_path / "train_ddp_process_1.log").is_file()  # Lightning re-launched train.py for rank 1
+
+
+def test_inside_a_slurm_job_lightning_keeps_slurm_ranks_but_not_its_own_requeue(monkeypatch):
+    """submitit requeues a job (USR2) and the job resumes from last.ckpt; Lightning's SIGUSR1 requeue stays off."""
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from fashion_lenet.cluster import environment
+
+    for variable in ("SLURM_NTASKS", "SLURM_JOB_NAME", "SLURM_JOB_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    assert type(environment()) is LightningEnvironment  # outside Slurm, login node or not
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # what srun (submitit's sbatch script) sets in the job step
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    inside = environment()
+    assert isinstance(inside, SLURMEnvironment) and inside.auto_requeue is False

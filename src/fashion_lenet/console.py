@@ -63,6 +63,9 @@ def quiet_lightning() -> None:
     # Raised inside Lightning's own pytree helper on torch >= 2.10, twice per job; nothing a user can change.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             module="lightning.pytorch.utilities._pytree")  # fmt: skip
+    # On a cluster's login node `srun` is on PATH; a sweep's jobs are one process each and reach Slurm through
+    # submitit, so "prepend srun" is advice for Lightning's multi-process runs, not for this project (cluster.py).
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     # The project logs once per epoch (module.py), so a run shorter than Lightning's logging interval loses nothing.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging",
                             module="lightning.pytorch.loops.fit_loop")  # fmt: skip

@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 
 from fashion_lenet.config import PROJECT_ROOT
 from fashion_lenet.data import CLASSES, FashionMNISTDataModule
+from fashion_lenet.console import quiet_lightning
 from fashion_lenet.errors import UserError
 from fashion_lenet.module import LeNetModule
 from fashion_lenet.plots import confusion_matrix_figure, save
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=PROJECT_ROOT / "data")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
     args = parser.parse_args()
+    quiet_lightning()
     try:
         result = evaluate(args.checkpoint, args.data_root, args.out or args.checkpoint.parent, args.accelerator)
     except UserError as error:
