@@ -67,3 +67,12 @@ def tensorboard_run(job_dir: Path) -> Path:
     runs = {events.parent for events in Path(job_dir).glob("*/events.out.tfevents.*")}
     assert len(runs) == 1, runs
     return runs.pop()
+
+
+def assert_one_device_per_worker(placements: list[dict], devices: set[str]) -> None:
+    """Two worker processes, each pinned to its own device of the list for all of its jobs."""
+    by_process = {}
+    for placed in placements:
+        assert placed["device"] in devices
+        assert by_process.setdefault(placed["process"], placed["device"]) == placed["device"]  # pinned for life
+    assert len(by_process) == 2 and set(by_process.values()) == devices

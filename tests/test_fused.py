@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, run_cli, tensorboard_run
+from conftest import TINY, assert_one_device_per_worker, run_cli, tensorboard_run
 
 from fashion_lenet.config import PROJECT_ROOT
 from fashion_lenet.evaluate import evaluate
@@ -33,6 +33,11 @@ def _metrics(job_dir) -> dict:
     return json.loads((job_dir / "metrics.json").read_text())
 
 
+def _numbers(metrics: dict) -> list[dict]:
+    """A job's history without its timings: what must repeat bit for bit."""
+    return [{k: v for k, v in row.items() if not k.endswith("_time_s")} for row in metrics["history"]]
+
+
 def _fused_sweep(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
     return run_cli("train.py", *FUSED, *TINY, *overrides, f"hydra.sweep.dir={sweep_dir}")
 
@@ -54,7 +59,8 @@ def _members_follow_their_solo_runs(tmp_path, make_cfg, grid: list[str], solo_ov
     """A 4-member group's members 0 and 3 start from their solo runs' weights and follow their solo runs."""
     loss_rtol, acc_atol = TOLERANCES[steps]
     limit = f"++trainer.limit_train_batches={steps}"
-    result = _fused_sweep(tmp_path / "fused", *grid, limit, PROBE, f"+callbacks.initial_weights.path={tmp_path / 'fused.pt'}")
+    probe = [PROBE, f"+callbacks.initial_weights.path={tmp_path / 'fused.pt'}"]
+    result = _fused_sweep(tmp_path / "fused", *grid, limit, *probe)
     assert result.returncode == 0, result.stderr[-3000:]
     fused_start = torch.load(tmp_path / "fused.pt")
     assert len(fused_start) == 4  # one group of four members
@@ -123,8 +129,7 @@ def test_a_diverging_member_stops_alone_and_leaves_the_others_numbers_unchanged(
     reference = _metrics(tmp_path / "b" / "0")  # the same member beside a healthy one
     assert diverged["status"] == "diverged" and len(diverged["history"]) == 1  # stopped after its first epoch
     assert survivor["status"] == "completed" and len(survivor["history"]) == 2
-    numbers = lambda m: [{k: v for k, v in row.items() if not k.endswith("_time_s")} for row in m["history"]]  # noqa: E731
-    assert numbers(survivor) == numbers(reference)  # bit for bit
+    assert _numbers(survivor) == _numbers(reference)  # bit for bit
     assert survivor["test_acc"] == reference["test_acc"]
     assert "| diverged |" in (tmp_path / "a" / "summary.md").read_text()
 
@@ -137,6 +142,22 @@ def test_optuna_trials_launched_together_are_fused_and_each_told_its_value(tmp_p
     assert [t["fused_group"]["members"] for t in trials] == [2, 2, 2, 2]  # two batches of two
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(t["best_val_acc"] for t in trials)
+
+
+def test_groups_in_two_worker_processes_take_a_device_each_and_train_as_in_one_process(tmp_path):
+    """n_jobs=2 on a CPU, with a fake list of two GPU ids: each worker pinned to one, the numbers unchanged."""
+    grid = ["model=baseline,bn_post", "seed=0,1", THREADS, "hydra.callbacks.device_placement.devices=[0,1]"]
+    in_workers = _fused_sweep(tmp_path / "workers", *grid, "hydra.launcher.n_jobs=2")
+    assert in_workers.returncode == 0, in_workers.stderr[-3000:]
+    in_process = _fused_sweep(tmp_path / "process", *grid)
+    assert in_process.returncode == 0, in_process.stderr[-3000:]
+    placements = [_metrics(tmp_path / "workers" / str(job))["placement"] for job in range(4)]
+    assert placements[0] == placements[1] and placements[2] == placements[3]  # a group's members: one process
+    assert_one_device_per_worker(placements, {"0", "1"})
+    for job in range(4):
+        worker, alone = _metrics(tmp_path / "workers" / str(job)), _metrics(tmp_path / "process" / str(job))
+        assert worker["fused_group"]["jobs"] == alone["fused_group"]["jobs"]
+        assert _numbers(worker) == _numbers(alone) and worker["test_acc"] == alone["test_acc"]  # bit for bit
 
 
 def test_each_fused_group_runs_as_one_submitit_job(tmp_path):

@@ -3,7 +3,7 @@
 import json
 
 import yaml
-from conftest import TINY, run_cli
+from conftest import TINY, assert_one_device_per_worker, run_cli
 
 
 def _statuses(sweep_dir, jobs):
@@ -83,3 +83,16 @@ def test_inside_a_slurm_job_lightning_keeps_slurm_ranks_but_not_its_own_requeue(
     monkeypatch.setenv("SLURM_JOB_NAME", "train")
     inside = environment()
     assert isinstance(inside, SLURMEnvironment) and inside.auto_requeue is False
+
+
+def _placements(sweep_dir, jobs: int) -> list[dict]:
+    return [json.loads((sweep_dir / str(job) / "metrics.json").read_text())["placement"] for job in range(jobs)]
+
+
+def test_joblib_workers_take_one_device_each_from_the_machines_list(tmp_path):
+    """On a CPU: a fake list of two GPU ids; each job's metrics.json says where it ran (CUDA_VISIBLE_DEVICES)."""
+    result = run_cli("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", *TINY,
+                     "hydra.callbacks.device_placement.devices=[3,5]", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_one_device_per_worker(_placements(tmp_path, 4), {"3", "5"})
+    assert sorted(p.name for p in (tmp_path / ".devices").glob("*/*.lock")) == ["3.0.lock", "5.0.lock"]

@@ -9,8 +9,8 @@ from train import train
 
 METRICS_KEYS = {
     "technique", "model", "optimizer", "lr", "weight_decay", "dropout_p", "batch_size", "seed", "max_epochs",
-    "label_smoothing", "max_shift", "best_epoch", "best_val_acc", "test_acc", "final_train_acc", "history", "wall_time_s", "device",
-    "versions", "status",
+    "label_smoothing", "max_shift", "best_epoch", "best_val_acc", "test_acc", "final_train_acc", "history",
+    "wall_time_s", "device", "versions", "status",
 }  # fmt: skip
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from fashion_lenet.config import PROJECT_ROOT
-from fashion_lenet.data import CLASSES, FashionMNISTDataModule
 from fashion_lenet.console import quiet_lightning
+from fashion_lenet.data import CLASSES, FashionMNISTDataModule
 from fashion_lenet.errors import UserError
 from fashion_lenet.module import LeNetModule
 from fashion_lenet.plots import confusion_matrix_figure, save

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fashion_lenet import placement
 from fashion_lenet.errors import DivergedError
 from fashion_lenet.jobfiles import (
     METRICS_FILE,
@@ -88,6 +89,8 @@ def run(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
     start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     common = {"device": device_name(trainer.strategy.root_device), "versions": library_versions(),
               "started_at": started_at}  # fmt: skip
+    if placed := placement.current():  # a sweep's worker pinned to one of several devices
+        common["placement"] = placed
     try:
         with warnings.catch_warnings():
             if ckpt_path:  # resuming: the run's folder holds its own checkpoints, nothing to warn about

@@ -18,8 +18,8 @@ WARMUP_STEPS = 3  # eager steps before capture: cuDNN/cuBLAS handles and autogra
 class TrainStep:
     """Computes gradients for one batch into the net's `.grad` and adds the batch's loss and hits to `totals`.
 
-    totals = [sum of per-image training losses (label-smoothed when set), correct predictions, images] since the last `take_totals()`; kept on the
-    device (inside the graph when captured), so no step waits for the host.
+    totals = [sum of per-image training losses (label-smoothed when set), correct predictions, images] since the
+    last `take_totals()`; kept on the device (inside the graph when captured), so no step waits for the host.
     With `capture`, CUDA batches of the captured shape replay one graph; the first steps and batches of another
     shape (a partial last batch) run eagerly. Every step computes the same thing either way.
     """

@@ -104,11 +104,16 @@ def _runs_alone(group: list[Job]) -> bool:
     return len(group) == 1 and group[0].error is None and not group[0].group_checkpoint
 
 
+def _positive_integer(key: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"hydra.launcher.{key}={value!r} is not allowed: use an integer >= 1")
+    return value
+
+
 class FusedLauncher(Launcher):
-    def __init__(self, max_members: int = 36):
-        if not isinstance(max_members, int) or isinstance(max_members, bool) or max_members < 1:
-            raise ConfigError(f"hydra.launcher.max_members={max_members!r} is not allowed: use an integer >= 1")
-        self.max_members = max_members
+    def __init__(self, max_members: int = 36, n_jobs: int = 1):
+        self.max_members = _positive_integer("max_members", max_members)
+        self.n_jobs = _positive_integer("n_jobs", n_jobs)  # > 1: groups in that many worker processes at once
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -124,15 +129,31 @@ class FusedLauncher(Launcher):
         groups = group_jobs(jobs, self.max_members)
         log.info(f"Launching {len(jobs)} jobs as {len(groups)} fused groups (at most {self.max_members} members)")
         returns: dict[int, JobReturn] = {}
-        for number, group in enumerate(groups, 1):
-            nums = " ".join(f"#{job.num}" for job in group)
-            log.info(f"group {number}/{len(groups)}: {len(group)} job{'s' * (len(group) > 1)} ({nums})")
-            if _runs_alone(group):
-                returns[group[0].num] = self._run_solo(group[0])
-            else:
-                returns.update(self._run_group(group, number))
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        if self.n_jobs == 1 or len(groups) == 1:
+            for number, group in enumerate(groups, 1):
+                returns.update(self._launch_group(group, number, len(groups)))
+        else:  # as Hydra's joblib launcher runs jobs: loky's worker processes, each pinned to its device on its
+            from joblib import Parallel, delayed  # first job (fashion_lenet.placement), before torch loads there
+
+            state = Singleton.get_state()
+            work = (delayed(self._launch_in_worker)(group, number, len(groups), state)
+                    for number, group in enumerate(groups, 1))  # fmt: skip
+            for group_returns in Parallel(n_jobs=self.n_jobs, backend="loky")(work):
+                returns.update(group_returns)
         return [returns[job.num] for job in jobs]
+
+    def _launch_group(self, group: list[Job], number: int, groups: int) -> dict[int, JobReturn]:
+        nums = " ".join(f"#{job.num}" for job in group)
+        log.info(f"group {number}/{groups}: {len(group)} job{'s' * (len(group) > 1)} ({nums})")
+        returns = {group[0].num: self._run_solo(group[0])} if _runs_alone(group) else self._run_group(group, number)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
+
+    def _launch_in_worker(self, group: list[Job], number: int, groups: int, state) -> dict[int, JobReturn]:
+        Singleton.set_state(state)
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return self._launch_group(group, number, groups)
 
     def _compose(self, overrides: list[str], num: int) -> Job:
         """The job's config as run_job would see it, checked, before anything trains."""
