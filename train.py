@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from fashion_lenet import lifecycle
 from fashion_lenet.config import register_resolvers, validate
 from fashion_lenet.jobfiles import job_hparams
-from fashion_lenet.resume import how_to_resume, solo_checkpoint
+from fashion_lenet.resume import how_to_resume, resume_mode, solo_checkpoint
 
 
 def train(cfg: DictConfig) -> dict:
@@ -36,7 +36,7 @@ def train(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     validate(cfg, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    ckpt_path = solo_checkpoint(output_dir, cfg.ckpt_path, cfg.resume)  # before anything is built: may refuse
+    ckpt_path = solo_checkpoint(output_dir, cfg.ckpt_path, resume_mode(cfg))  # before anything is built: may refuse
     lifecycle.prepare(cfg)
 
     datamodule = instantiate(cfg.data)

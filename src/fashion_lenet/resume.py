@@ -10,6 +10,7 @@ Light to import: the sweepers use it.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import shutil
 from collections.abc import Callable
@@ -106,6 +107,12 @@ def plan(sweep_dir: Path, grid: list[list[str]], compose: Callable[[list[str]], 
         clear_outputs(folder)
     log.info(f"Resuming {sweep_dir}: {kept} jobs kept, {len(launches)} to run ({len(retried)} retried)")
     return launches
+
+
+def resume_mode(cfg: DictConfig) -> bool | str:
+    """The job's `resume`; true also when Slurm runs the job again (requeued after a pre-emption, `scontrol requeue`,
+    or by submitit at its time limit): the job then continues from its folder's last.ckpt by itself."""
+    return cfg.resume or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
 
 
 def last_checkpoint(output_dir: Path, mode: bool | str) -> str | None:

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from fashion_lenet import lifecycle
 from fashion_lenet.config import register_resolvers, validate
 from fashion_lenet.errors import ConfigError, UserError
-from fashion_lenet.resume import clear_outputs, fused_group_checkpoint, last_checkpoint, resume_command
+from fashion_lenet.resume import clear_outputs, fused_group_checkpoint, last_checkpoint, resume_command, resume_mode
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,12 @@ class Job:
     @property
     def group_checkpoint(self) -> str | None:
         """With resume set, the checkpoint of the fused group this job was interrupted in."""
-        return fused_group_checkpoint(self.output_dir) if self.task_cfg.resume else None
+        return fused_group_checkpoint(self.output_dir) if resume_mode(self.task_cfg) else None
 
     def group_key(self) -> str | None:
         """Equal for jobs that can train as one stacked model; None for a job that must run alone."""
-        if self.error is not None or self.task_cfg.ckpt_path or last_checkpoint(self.output_dir, self.task_cfg.resume):
+        resuming = last_checkpoint(self.output_dir, resume_mode(self.task_cfg))
+        if self.error is not None or self.task_cfg.ckpt_path or resuming:
             return None  # a solo job that resumes continues alone, from its own last.ckpt
         if self.group_checkpoint:
             return f"resume {self.group_checkpoint}"  # the members of an interrupted group continue together
@@ -246,7 +247,7 @@ class FusedLauncher(Launcher):
         again: resume=retry sets a damaged one aside)."""
         from fashion_lenet.checkpoints import check_resumable
 
-        path, mode = jobs[0].group_checkpoint, jobs[0].task_cfg.resume
+        path, mode = jobs[0].group_checkpoint, resume_mode(jobs[0].task_cfg)
         if path is None or not Path(path).is_file():  # stopped before its first epoch ended: it starts again
             return None
         try:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fashion_lenet import resume
 from fashion_lenet.config import validate
 from fashion_lenet.console import quiet_launcher
-from fashion_lenet.errors import ConfigError
+from fashion_lenet.errors import ConfigError, UserError
 from fashion_lenet.naming import MULTIRUN_FILE
 from fashion_lenet.summary import print_sweep_summary
 
@@ -47,8 +47,11 @@ class CheckedBasicSweeper(BasicSweeper):
             if original is not None:
                 saved.write_bytes(original)
             raise
-        except Exception:  # a job failed: Hydra raises its error once the batch ran, skipping on_multirun_end
+        except Exception as error:  # a job failed: Hydra raises its error once the batch ran, skipping on_multirun_end
             print_sweep_summary(sweep_dir)
+            if type(error).__name__ == "UncompletedJobError":  # submitit's: a Slurm job cancelled, killed, timed out
+                job = " ".join(str(error).splitlines()[:2])  # its id, result file and Slurm state; then its log
+                raise UserError(f"a cluster job ended without a result: {job}") from None
             raise
 
     def get_job_batch(self) -> list[list[str]]:

@@ -1,0 +1,134 @@
+"""Sweeps against a real one-node Slurm 22.05 cluster (tests/slurm_cluster.py): the README's commands, a failed job,
+pre-emption (`scontrol requeue`), the signal before a time limit (USR2, submitit's requeue), and `scancel`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import slurm_cluster
+from conftest import TINY, run_cli
+
+NO_GPU = "hydra.launcher.gpus_per_node=0"  # the test node has none (GPUs under Slurm are not tested here)
+THREADS = "threads=1"  # local and Slurm runs compare bit for bit at one thread count
+# Long enough to stop a job in its second epoch: 150 batches an epoch, 4 epochs
+LONGER = [*(o for o in TINY if "max_epochs" not in o and "limit_train" not in o), "trainer.max_epochs=4",
+          "++trainer.limit_train_batches=150", THREADS]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> dict[str, str]:
+    """The cluster, started once for this module: the environment that reaches it (SLURM_CONF, sacct's stand-in)."""
+    state = tmp_path_factory.mktemp("slurm")
+    try:
+        env = slurm_cluster.start(state)
+    except slurm_cluster.ClusterUnavailable as reason:
+        pytest.skip(f"no Slurm cluster here: {reason}")
+    yield env
+    slurm_cluster.stop(state)
+
+
+def _metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def _numbers(metrics: dict) -> tuple:
+    """What must repeat bit for bit: each epoch's metrics (not its timings) and the test accuracy."""
+    rows = [{k: v for k, v in row.items() if not k.endswith("_time_s")} for row in metrics["history"]]
+    return rows, metrics["test_acc"], metrics["best_epoch"]
+
+
+def _sweep(sweep_dir: Path, env: dict, *overrides: str) -> subprocess.CompletedProcess:
+    return run_cli("train.py", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", env=env)
+
+
+def _slurm(env: dict, *command: str) -> str:
+    return subprocess.run(command, env=os.environ | env, capture_output=True, text=True, check=True).stdout
+
+
+def _stop_in_epoch_two(env: dict, last_checkpoint: Path, *stop: str) -> threading.Thread:
+    """In the background: once the first epoch is saved (its last.ckpt), run the stop command on its Slurm job."""
+
+    def act() -> None:
+        deadline = time.monotonic() + 120
+        while not last_checkpoint.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        jobs = _slurm(env, "squeue", "-h", "-o", "%i").split()  # `12` alone, or array tasks `12_0`, `12_1`
+        _slurm(env, *stop, next((job for job in jobs if job.endswith("_0")), jobs[0]))
+
+    thread = threading.Thread(target=act)
+    thread.start()
+    return thread
+
+
+def test_a_slurm_sweep_gives_the_numbers_of_the_same_jobs_run_locally(slurm, tmp_path):
+    grid = ["model=baseline,dropout", *TINY, THREADS]
+    on_slurm = _sweep(tmp_path / "slurm", slurm, "hydra/launcher=slurm", NO_GPU, *grid)
+    assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
+    local = _sweep(tmp_path / "local", slurm, *grid)
+    assert local.returncode == 0, local.stderr[-3000:]
+    for job in range(2):
+        assert _numbers(_metrics(tmp_path / "slurm" / str(job))) == _numbers(_metrics(tmp_path / "local" / str(job)))
+    assert len(list((tmp_path / "slurm" / ".submitit").glob("*_[01]"))) == 2  # a Slurm array of two tasks
+
+
+def test_fused_slurm_sends_one_slurm_job_per_group(slurm, tmp_path):
+    result = _sweep(tmp_path, slurm, "hydra/launcher=fused_slurm", NO_GPU, "model=baseline,bn_post", "seed=0,1", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [_metrics(tmp_path / str(job))["fused_group"]["jobs"] for job in range(4)] == [[0, 1]] * 2 + [[2, 3]] * 2
+    assert len(list((tmp_path / ".submitit").glob("*_[01]"))) == 2
+
+
+def test_a_failed_slurm_job_fails_the_sweep_and_says_so_in_the_summary(slurm, tmp_path):
+    # the node has no GPU: the second job's trainer cannot start there
+    result = _sweep(tmp_path, slurm, "hydra/launcher=slurm", NO_GPU, "trainer.accelerator=cpu,gpu", *TINY[:-2])
+    assert result.returncode != 0
+    assert _metrics(tmp_path / "0")["status"] == "completed" and _metrics(tmp_path / "1")["status"] == "failed"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| completed |" in summary and "| failed (InstantiationException: " in summary
+
+
+@pytest.mark.parametrize(
+    ("launcher", "stop"),
+    [
+        ("slurm", ("scontrol", "requeue")),  # pre-emption with requeue: SIGTERM, then the job runs again
+        ("slurm", ("scancel", "--signal=USR2")),  # what Slurm sends before the time limit: submitit requeues it
+        ("fused_slurm", ("scontrol", "requeue")),
+    ],
+)
+def test_a_requeued_job_continues_by_itself_to_the_numbers_of_an_uninterrupted_run(slurm, tmp_path, launcher, stop):
+    grid = ["seed=0,1"] if launcher == "fused_slurm" else ["seed=0"]
+    saved = "fused_groups/0/last.ckpt" if launcher == "fused_slurm" else "0/checkpoints/last.ckpt"  # the group's own
+    stopper = _stop_in_epoch_two(slurm, tmp_path / "slurm" / saved, *stop)
+    result = _sweep(tmp_path / "slurm", slurm, f"hydra/launcher={launcher}", NO_GPU, *grid, *LONGER)
+    stopper.join()
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = ["hydra/launcher=fused"] if launcher == "fused_slurm" else []
+    uninterrupted = _sweep(tmp_path / "local", slurm, *local, *grid, *LONGER)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    for job in range(len(grid[0].split(","))):
+        assert _numbers(_metrics(tmp_path / "slurm" / str(job))) == _numbers(_metrics(tmp_path / "local" / str(job)))
+    logs = "".join(path.read_text() for path in (tmp_path / "slurm" / ".submitit").glob("*/*_log.*"))
+    assert logs.count("Restored all states from the checkpoint") == 1  # the second attempt continued
+
+
+def test_a_sweep_whose_job_was_cancelled_finishes_with_resume(slurm, tmp_path):
+    grid = ["hydra/launcher=slurm", NO_GPU, "seed=0,1", *LONGER]
+    stopper = _stop_in_epoch_two(slurm, tmp_path / "0" / "checkpoints" / "last.ckpt", "scancel")
+    cancelled = _sweep(tmp_path, slurm, *grid)
+    stopper.join()
+    assert cancelled.returncode != 0
+    assert "(state: CANCELLED)" in cancelled.stderr and "Traceback" not in cancelled.stderr  # one line, no traceback
+    statuses = [_metrics(tmp_path / str(job))["status"] for job in range(2)]
+    assert sorted(statuses) == ["completed", "interrupted"], statuses
+    done = statuses.index("completed")
+    kept = (tmp_path / str(done) / "metrics.json").stat().st_mtime_ns
+    resumed = _sweep(tmp_path, slurm, *grid, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [_metrics(tmp_path / str(job))["status"] for job in range(2)] == ["completed", "completed"]
+    assert (tmp_path / str(done) / "metrics.json").stat().st_mtime_ns == kept  # the completed job untouched
