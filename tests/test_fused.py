@@ -175,3 +175,40 @@ def test_fused_slurm_config_composes_with_one_gpu_per_group():
     launcher = yaml.safe_load(result.stdout)
     assert launcher["_target_"].endswith("FusedSlurmLauncher") and launcher["max_members"] == 36
     assert (launcher["gpus_per_node"], launcher["tasks_per_node"]) == (1, 1)
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")
+ON_THE_GPU = [*(o for o in TINY if o.split("=")[0] not in ("trainer.accelerator", "++trainer.limit_train_batches",
+                                                            "trainer.max_epochs")), "trainer.accelerator=gpu"]
+
+
+def _fused_gpu_sweep(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
+    return run_cli("train.py", *FUSED, *ON_THE_GPU, *overrides, f"hydra.sweep.dir={sweep_dir}")
+
+
+@cuda_only
+@pytest.mark.parametrize("model", ["bn_pre", "dropout"])
+def test_a_fused_group_replaying_its_cuda_graph_follows_its_eager_run_over_epochs(tmp_path, model):
+    """Written before any GPU ran it (hydra.launcher.cuda_graph is off by default until it passes there)."""
+    grid = [f"model={model}", "seed=0,1", "optim.lr=0.001,0.003", "++trainer.limit_train_batches=30",
+            "trainer.max_epochs=3", "scheduler=cosine"]  # fmt: skip
+    graph = _fused_gpu_sweep(tmp_path / "graph", *grid, "hydra.launcher.cuda_graph=true")
+    eager = _fused_gpu_sweep(tmp_path / "eager", *grid)
+    assert graph.returncode == 0 and eager.returncode == 0, (graph.stderr + eager.stderr)[-3000:]
+    for job in range(4):
+        replayed, stepped = _metrics(tmp_path / "graph" / str(job)), _metrics(tmp_path / "eager" / str(job))
+        assert replayed["cuda_graph"] is True and stepped["cuda_graph"] is False
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert [r[key] for r in replayed["history"]] == pytest.approx([r[key] for r in stepped["history"]],
+                                                                          rel=1e-3)  # fmt: skip
+
+
+@cuda_only
+def test_a_fused_group_replaying_its_cuda_graph_repeats_to_the_last_digit(tmp_path):
+    grid = ["model=dropout", "seed=0,1", "++trainer.limit_train_batches=200", "trainer.max_epochs=2",
+            "hydra.launcher.cuda_graph=true"]  # fmt: skip
+    for run in ("a", "b"):
+        result = _fused_gpu_sweep(tmp_path / run, *grid)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for job in range(2):
+        assert _numbers(_metrics(tmp_path / "a" / str(job))) == _numbers(_metrics(tmp_path / "b" / str(job)))

@@ -29,6 +29,7 @@ from fashion_lenet.errors import UserError
 from fashion_lenet.fused import FusedLeNet5, MemberParameters
 from fashion_lenet.lifecycle import BestCheckpoint, JobRecord
 from fashion_lenet.module import HISTORY_KEYS, MAX_MISCLASSIFIED, NUM_CLASSES, LeNetModule, set_fit_flags
+from fashion_lenet.train_step import TrainStep
 
 FUSED_NET = "fashion_lenet.fused.FusedLeNet5"
 
@@ -54,7 +55,8 @@ class GroupModule(pl.LightningModule):
     """The members' networks fused; per-member loss, accuracy and test results as [members] tensors on the device."""
 
     def __init__(self, net: FusedLeNet5, dropout_generators: list[torch.Generator | None], optimizers: list[dict],
-                 scheduler: dict | None, label_smoothing: list[float] | None = None):  # fmt: skip
+                 scheduler: dict | None, label_smoothing: list[float] | None = None,
+                 cuda_graph: bool = False):  # fmt: skip
         super().__init__()
         self.automatic_optimization = False  # one optimizer step for all members, as the solo module steps
         self.net = net
@@ -63,6 +65,8 @@ class GroupModule(pl.LightningModule):
         net.set_dropout_generators(dropout_generators)
         self.optimizer_nodes, self.scheduler_node = optimizers, scheduler
         self.label_smoothing = label_smoothing if label_smoothing and any(label_smoothing) else None
+        self.cuda_graph = cuda_graph  # record the step once on a GPU (FusedTrainStep); never run on a GPU yet
+        self.train_step: FusedTrainStep | None = None
         self.member_parameters: MemberParameters | None = None
         self.active = [True] * self.members  # False once a member diverged: it gets no gradient, so no update
         self.totals: dict[str, torch.Tensor] = {}  # stage -> [members, 3]: loss sum, correct, images
@@ -86,18 +90,18 @@ class GroupModule(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": instantiate(self.scheduler_node)(optimizer=optimizer)}
 
-    def training_step(self, batch, batch_idx: int) -> None:
-        images, labels = batch  # [members, B, 1, 28, 28], [members, B]
-        self.net.zero_grad(set_to_none=False)  # in place: the members' gradients stay views of these
-        logits = self.net(images)
-        losses = self._training_losses(logits, labels)
-        # The sum of the members' mean losses: each member's gradient is that of its own mean loss.
-        self.manual_backward(losses.mean(1).sum())
-        self.member_parameters.point_gradients(self.active)
-        self.optimizers().step()
-        self._add("train", losses.detach(), logits.detach(), labels)
+    def on_train_start(self) -> None:
+        # Here the net is on its device and any checkpoint is restored, as for the solo module's TrainStep.
+        self.train_step = FusedTrainStep(self, capture=self.cuda_graph and self.trainer.world_size == 1)
 
-    def _training_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> None:
+        self.train_step(*batch)  # images [members, B, 1, 28, 28], labels [members, B]
+        self.member_parameters.point_gradients(self.active)  # after a capture: the graph's gradient tensors
+        self.optimizers().step()
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self.totals["train"] = self.train_step.take_totals()
+
+    def training_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[members, B] cross-entropies, each member's with its own label smoothing ε (as torch's: (1 - ε)·NLL plus
         ε times the mean over classes of -log p)."""
         if self.label_smoothing is None:
@@ -108,8 +112,7 @@ class GroupModule(pl.LightningModule):
         return (1 - epsilon) * nll - epsilon * log_p.mean(-1)
 
     def _add(self, stage: str, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        correct = (logits.argmax(-1) == labels).sum(-1).to(losses.dtype)
-        update = torch.stack([losses.sum(-1), correct, torch.full_like(correct, losses.shape[-1])], dim=1)
+        update = _tally(losses, logits, labels)
         self.totals[stage] = self.totals[stage] + update if stage in self.totals else update
 
     def _take(self, stage: str) -> tuple[list[float], list[float]]:
@@ -183,7 +186,7 @@ class GroupModule(pl.LightningModule):
 
     @property
     def uses_cuda_graph(self) -> bool:
-        return False
+        return self.train_step is not None and self.train_step.graph is not None
 
     # The members' dropout streams travel in the group's checkpoints, so a resumed group draws the same masks.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -193,6 +196,33 @@ class GroupModule(pl.LightningModule):
         for generator, state in zip(self.dropout_generators, checkpoint["dropout_generators"], strict=True):
             if generator is not None:
                 generator.set_state(state)
+
+
+def _tally(losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[members, 3]: each member's loss sum, correct predictions and images in this batch."""
+    correct = (logits.argmax(-1) == labels).sum(-1).to(losses.dtype)
+    return torch.stack([losses.sum(-1), correct, torch.full_like(correct, losses.shape[-1])], dim=1)
+
+
+class FusedTrainStep(TrainStep):
+    """All members' forward and backward as one step: eager, or on one GPU recorded once as a CUDA graph and
+    replayed (TrainStep's capture, warm-up and eager fallback for batches of another shape). The totals are
+    [members, 3], added in place on the device. The optimizer step stays outside, as for a solo job.
+    Capture (`hydra.launcher.cuda_graph`) has never run on a GPU: off unless asked for."""
+
+    def __init__(self, module: GroupModule, capture: bool):
+        super().__init__(module.net, module.manual_backward, module.device, capture)
+        self.module = module
+        self.totals = torch.zeros(module.members, 3, device=module.device)
+
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.net.zero_grad(set_to_none=False)  # in place: the members' gradients stay views of these
+        logits = self.net(images)
+        losses = self.module.training_losses(logits, labels)
+        # The sum of the members' mean losses: each member's gradient is that of its own mean loss.
+        self.backward(losses.mean(1).sum())
+        with torch.no_grad():
+            self.totals += _tally(losses, logits, labels)
 
 
 class MemberOutputs(pl.Callback):
@@ -269,12 +299,12 @@ def group_folder(sweep_dir: Path, members: list[Member]) -> Path:
     return Path(sweep_dir) / "fused_groups" / members[0].output_dir.name
 
 
-def train_group(members: list[Member], group: dict, folder: Path, resume_hint: str, ckpt_path: str | None = None
-                ) -> list[dict]:  # fmt: skip
+def train_group(members: list[Member], group: dict, folder: Path, resume_hint: str, ckpt_path: str | None = None,
+                cuda_graph: bool = False) -> list[dict]:  # fmt: skip
     """Train the members as one fused model; write and return each member's metrics.json content.
 
     group: what metrics.json records of the group (its id, its members' job numbers); folder: the group's
-    checkpoints; ckpt_path: the group's last.ckpt to continue from.
+    checkpoints; ckpt_path: the group's last.ckpt to continue from; cuda_graph: the launcher's (off by default).
     """
     cfg = members[0].cfg  # the settings every member shares
     lifecycle.prepare(cfg)
@@ -303,7 +333,7 @@ def train_group(members: list[Member], group: dict, folder: Path, resume_hint: s
         has_dropout = any(isinstance(m, nn.Dropout) for m in solo.modules())
         generators.append(_member_generator(member.cfg.seed, device) if has_dropout else None)
     module = GroupModule(net, generators, [m.node("optim") for m in members], members[0].node("scheduler"),
-                         [m.cfg.label_smoothing for m in members])  # fmt: skip
+                         [m.cfg.label_smoothing for m in members], cuda_graph and cfg.cuda_graph)  # fmt: skip
     data = OmegaConf.to_container(cfg.data, resolve=True)
     per_member = ("_target_", "shuffle_seed", "augment", "max_shift")
     datamodule = StackedFashionMNIST(shuffle_seeds=[m.cfg.data.shuffle_seed for m in members],

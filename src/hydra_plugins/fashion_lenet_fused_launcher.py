@@ -112,9 +112,12 @@ def _positive_integer(key: str, value) -> int:
 
 
 class FusedLauncher(Launcher):
-    def __init__(self, max_members: int = 36, n_jobs: int = 1):
+    def __init__(self, max_members: int = 36, n_jobs: int = 1, cuda_graph: bool = False):
         self.max_members = _positive_integer("max_members", max_members)
         self.n_jobs = _positive_integer("n_jobs", n_jobs)  # > 1: groups in that many worker processes at once
+        if not isinstance(cuda_graph, bool):
+            raise ConfigError(f"hydra.launcher.cuda_graph={cuda_graph!r} is not allowed: use true or false")
+        self.cuda_graph = cuda_graph  # the fused step as a CUDA graph (with the job's cuda_graph): not run on a GPU yet
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -235,7 +238,7 @@ class FusedLauncher(Launcher):
             folder = Path(ckpt_path).parent if ckpt_path else group_folder(sweep_dir, members)
             if not ckpt_path:  # a fresh start: no group checkpoint of an earlier try to continue from by mistake
                 (folder / "last.ckpt").unlink(missing_ok=True)
-            return train_group(members, group, folder, resume_command(sweep_dir), ckpt_path)
+            return train_group(members, group, folder, resume_command(sweep_dir), ckpt_path, self.cuda_graph)
         except SystemExit:  # Ctrl-C or SIGTERM: every member's metrics.json says interrupted, the group's last.ckpt
             raise  # stays the last completed epoch's
         except Exception as error:  # e.g. a Trainer option the group cannot take: every member failed
@@ -280,8 +283,8 @@ class _FusedSubmitit(FusedLauncher, BaseSubmititLauncher):
     """Each fused group as one submitit job (one cluster job per group with hydra/launcher=fused_slurm): the jobs
     are composed, checked and grouped here, and trained in the job's process."""
 
-    def __init__(self, max_members: int = 36, **params):
-        FusedLauncher.__init__(self, max_members)
+    def __init__(self, max_members: int = 36, cuda_graph: bool = False, **params):
+        FusedLauncher.__init__(self, max_members, cuda_graph=cuda_graph)
         BaseSubmititLauncher.__init__(self, **params)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
