@@ -5,6 +5,8 @@ import json
 import yaml
 from conftest import TINY, assert_one_device_per_worker, run_cli
 
+from fashion_lenet.search import summarize
+
 
 def _statuses(sweep_dir, jobs):
     return [json.loads((sweep_dir / str(job) / "metrics.json").read_text())["status"] for job in range(jobs)]
@@ -60,6 +62,14 @@ def test_optuna_search_survives_a_failed_trial_and_records_the_best(tmp_path):
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     completed = [json.loads((tmp_path / str(j) / "metrics.json").read_text()) for j in range(4)]
     assert best["best_value"] == max(m["best_val_acc"] for m in completed if m["status"] == "completed")
+    # its summary: every trial listed, the best by validation accuracy named, importances, the figures
+    report = summarize(tmp_path, tmp_path / "summary")
+    text = report.read_text()
+    assert text.startswith(f"# Optuna search: {tmp_path}\n\n4 trials: {statuses.count('completed')} completed")
+    assert f"val {100 * best['best_value']:.2f} %" in text
+    assert text.count("| failed |") == statuses.count("failed") and "| `optim.lr` |" in text
+    assert (tmp_path / "summary" / "search_history.png").stat().st_size > 0
+    assert (tmp_path / "summary" / "importances.png").stat().st_size > 0
 
 
 def test_one_run_on_two_processes_with_ddp(tmp_path):

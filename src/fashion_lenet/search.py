@@ -1,0 +1,155 @@
+"""The summary of an Optuna search (hparams_search=optuna, experiment=lenet5_search): its trials, the best by
+validation accuracy, how much each parameter mattered and two figures. Importance is Optuna's mean decrease in
+impurity of a random forest fitted to the completed trials (its fANOVA evaluator fails with scikit-learn >= 1.4
+in Optuna 2.10).
+
+    python -m fashion_lenet.search multirun/lenet5_search --out results/lenet5_search
+
+Reads the study (`<sweep>/optuna.db`) and each trial's job folder (its overrides and metrics.json). The test
+accuracy each finished trial printed is listed but chose nothing: the best trial is the best validation accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from fashion_lenet.errors import UserError
+from fashion_lenet.jobfiles import job_dirs, read_metrics
+from fashion_lenet.naming import MULTIRUN_FILE
+
+STUDY_FILE = "optuna.db"
+
+
+def load_study(sweep_dir: Path):
+    import optuna
+
+    saved, study = sweep_dir / MULTIRUN_FILE, sweep_dir / STUDY_FILE
+    if not saved.is_file() or not study.is_file():
+        raise UserError(f"{sweep_dir} holds no Optuna search ({MULTIRUN_FILE} and {STUDY_FILE}): give the "
+                        "hydra.sweep.dir of an `hparams_search=optuna` or `experiment=lenet5_search` run")  # fmt: skip
+    name = yaml.safe_load(saved.read_text())["hydra"]["sweeper"]["study_name"]
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{study}")
+
+
+def trial_rows(sweep_dir: Path) -> list[dict]:
+    """Each trial's job: its number, the values it drew, status, best val acc, test acc, wall time."""
+    rows = []
+    for folder in job_dirs(sweep_dir):
+        drawn = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+        metrics = read_metrics(folder) or {}
+        rows.append({"job": int(folder.name), "params": dict(o.split("=", 1) for o in drawn if "=" in o),
+                     "status": metrics.get("status", "unknown"), "val_acc": metrics.get("best_val_acc"),
+                     "test_acc": metrics.get("test_acc"), "wall_s": metrics.get("wall_time_s"),
+                     "group": (metrics.get("fused_group") or {}).get("members", 1)})  # fmt: skip
+    return rows
+
+
+def importances(study) -> dict[str, float]:
+    """Each parameter's importance for the validation accuracy (fixed seed: repeatable)."""
+    import optuna
+
+    evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
+    return optuna.importance.get_param_importances(study, evaluator=evaluator)
+
+
+def _percent(value) -> str:
+    return f"{100 * value:.2f}" if isinstance(value, int | float) else ""
+
+
+def summarize(sweep_dir: Path, out: Path) -> Path:
+    """Write search.md, search_history.png and importances.png into `out`; return search.md's path."""
+    from fashion_lenet.plots import plt, save
+
+    study, rows = load_study(sweep_dir), trial_rows(sweep_dir)
+    done = [r for r in rows if r["status"] == "completed"]
+    if not done:
+        raise UserError(f"{sweep_dir}: no trial completed, nothing to summarize")
+    best = max(done, key=lambda r: r["val_acc"])
+    weights = importances(study)
+    out.mkdir(parents=True, exist_ok=True)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    jobs = [r["job"] for r in done]
+    ax.plot(jobs, [100 * r["val_acc"] for r in done], "o", label="trial (best val acc)")
+    running = [max(100 * r["val_acc"] for r in done[: i + 1]) for i in range(len(done))]
+    ax.step(jobs, running, where="post", label="best so far")
+    ax.set(xlabel="trial (job number)", ylabel="validation accuracy %", title="Optuna TPE search")
+    ax.set_ylim(max(80, min(running) - 2), 100 * best["val_acc"] + 1)
+    ax.legend(loc="lower right")
+    save(fig, out / "search_history.png")
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(weights) + 1))
+    names = list(weights)[::-1]
+    ax.barh(names, [weights[n] for n in names])
+    ax.set(xlabel="importance for val acc (Optuna, MDI)", title="What mattered")
+    save(fig, out / "importances.png")
+
+    keys = [k for k in best["params"] if len({r["params"].get(k) for r in rows}) > 1]  # what the search drew
+    shared = [f"{k}={v}" for k, v in best["params"].items() if k not in keys]
+    failed = [r for r in rows if r["status"] != "completed"]
+    seconds = sum(r["wall_s"] or 0 for r in done if r["group"] == 1) + sum(
+        (r["wall_s"] or 0) / r["group"] for r in done if r["group"] > 1
+    )  # a fused group's wall time is shared by its members
+    lines = [
+        f"# Optuna search: {sweep_dir}",
+        "",
+        f"{len(rows)} trials: {len(done)} completed, {len(failed)} not "
+        f"({', '.join(sorted({r['status'] for r in failed})) or 'none'}); "
+        f"{sum(r['group'] > 1 for r in done)} of the completed trained in fused groups. "
+        f"Training time of the completed trials: {seconds / 60:.0f} min (a fused group's wall time split among its "
+        "members).",
+        "",
+        f"**Best by validation accuracy:** job {best['job']}, val {_percent(best['val_acc'])} %, test "
+        f"{_percent(best['test_acc'])} % (test read once, after the trial finished; not used to choose):",
+        "",
+        *(f"- `{k}={best['params'][k]}`" for k in keys),
+        "",
+        f"Every trial: `{' '.join(shared)}`.",
+        "",
+        "## Importance (mean decrease in impurity of a random forest over the completed trials, val acc)",
+        "",
+        "| parameter | importance |",
+        "|---|---|",
+        *(f"| `{name}` | {value:.3f} |" for name, value in weights.items()),
+        "",
+        "![history](search_history.png) ![importances](importances.png)",
+        "",
+        "## Trials, best validation accuracy first",
+        "",
+        f"| job | {' | '.join(keys)} | status | best val % | test % | fused with |",
+        f"|{'---|' * (len(keys) + 5)}",
+    ]
+    ordered = sorted(rows, key=lambda r: -(r["val_acc"] or 0))
+    for r in ordered:
+        values = " | ".join(_short(r["params"].get(k, "")) for k in keys)
+        lines.append(f"| {r['job']} | {values} | {r['status']} | {_percent(r['val_acc'])} | "
+                     f"{_percent(r['test_acc'])} | {r['group']} |")  # fmt: skip
+    path = out / "search.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _short(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() else f"{number:.3g}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--out", type=Path, help="where to write search.md and the figures (default: the sweep)")
+    args = parser.parse_args()
+    try:
+        print(f"wrote {summarize(args.sweep_dir, args.out or args.sweep_dir)}")
+    except UserError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
