@@ -64,7 +64,9 @@ class GroupModule(pl.LightningModule):
         self.dropout_generators = dropout_generators
         net.set_dropout_generators(dropout_generators)
         self.optimizer_nodes, self.scheduler_node = optimizers, scheduler
-        self.label_smoothing = label_smoothing if label_smoothing and any(label_smoothing) else None
+        # Each member's ε as a [members, 1] buffer: on the device with the net, not copied from the host per step.
+        smoothing = torch.tensor(label_smoothing).unsqueeze(1) if label_smoothing and any(label_smoothing) else None
+        self.register_buffer("label_smoothing", smoothing, persistent=False)  # not in checkpoints: from the config
         self.cuda_graph = cuda_graph  # record the step once on a GPU (FusedTrainStep); never run on a GPU yet
         self.train_step: FusedTrainStep | None = None
         self.member_parameters: MemberParameters | None = None
@@ -108,8 +110,7 @@ class GroupModule(pl.LightningModule):
             return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
         log_p = logits.log_softmax(-1)
         nll = -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        epsilon = torch.tensor(self.label_smoothing, device=logits.device, dtype=logits.dtype).unsqueeze(1)
-        return (1 - epsilon) * nll - epsilon * log_p.mean(-1)
+        return (1 - self.label_smoothing) * nll - self.label_smoothing * log_p.mean(-1)
 
     def _add(self, stage: str, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         update = _tally(losses, logits, labels)

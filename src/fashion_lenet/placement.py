@@ -14,6 +14,7 @@ import: the launcher's process loads it, and torch must not be initialised by it
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import shutil
@@ -52,18 +53,15 @@ def take_device(lock_dir: Path, devices: list[str], jobs_per_device: int) -> dic
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
         raise RuntimeError(f"CUDA is initialised in process {os.getpid()} before its device was chosen")
     lock_dir.mkdir(parents=True, exist_ok=True)
-    for slot in range(jobs_per_device):
-        for device in devices:
-            handle = open(lock_dir / f"{device}.{slot}.lock", "w")  # noqa: SIM115 - held for the process's life
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            _lease.update(device=device, slot=slot, file=handle)
-            break
-        if _lease:
-            break
+    for slot, device in itertools.product(range(jobs_per_device), devices):
+        handle = open(lock_dir / f"{device}.{slot}.lock", "w")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _lease.update(device=device, slot=slot, file=handle)
+        break
     else:
         device = devices[os.getpid() % len(devices)]
         log.warning(f"every device slot is taken ({len(devices)} x {jobs_per_device}): process {os.getpid()} "

@@ -21,7 +21,7 @@ from fashion_lenet.errors import UserError
 from fashion_lenet.jobfiles import job_dirs, read_metrics
 from fashion_lenet.naming import MULTIRUN_FILE
 
-STUDY_FILE = "optuna.db"
+STUDY_FILE = "optuna.db"  # conf/hydra/sweeper/resumable_optuna.yaml's storage
 
 
 def load_study(sweep_dir: Path):

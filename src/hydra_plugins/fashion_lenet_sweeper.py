@@ -21,10 +21,10 @@ from fashion_lenet.config import validate
 from fashion_lenet.console import quiet_launcher
 from fashion_lenet.errors import ConfigError, UserError
 from fashion_lenet.naming import MULTIRUN_FILE
+from fashion_lenet.search import STUDY_FILE
 from fashion_lenet.summary import print_sweep_summary
 
 log = logging.getLogger(__name__)
-STUDY_FILE = "optuna.db"  # conf/hparams_search/optuna.yaml's storage
 
 
 class CheckedBasicSweeper(BasicSweeper):
