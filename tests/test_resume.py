@@ -141,6 +141,8 @@ def test_an_interrupted_optuna_search_finishes_its_trials_in_new_folders(tmp_pat
     study = optuna.load_study(study_name="lenet_regularization", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert len(study.trials) == 4  # the original total: the interrupted trial counts as failed
     assert [t.state.name for t in study.trials].count("COMPLETE") == 3
+    points = [tuple(sorted(trial.params.items())) for trial in study.trials]
+    assert len(set(points)) == len(points)  # the resumed search drew new points, not its first ones again
     for name, files in before.items():  # no folder reused: the old ones are as they were
         assert _files(tmp_path / name) == files
     new = [folder for folder in tmp_path.iterdir() if folder.name.isdigit() and folder.name not in before]

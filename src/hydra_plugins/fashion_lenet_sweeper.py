@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -96,13 +97,15 @@ class ResumableOptunaSweeper(OptunaSweeper):
         # (fashion_lenet.naming) and gives the command that resumes it.
         OmegaConf.save(config, sweep_dir / MULTIRUN_FILE)
         if resuming:
-            self._continue(sweep_dir)
+            self._continue(sweep_dir, config.hydra.sweeper.sampler)
 
-    def _continue(self, sweep_dir: Path) -> None:
+    def _continue(self, sweep_dir: Path, sampler: DictConfig) -> None:
         import optuna
 
         search = self.sweeper
         study = optuna.load_study(study_name=search.study_name, storage=search.storage)
+        if sampler.get("seed") is not None:  # the same seed again would repeat the first trials' random draws
+            search.sampler = instantiate(sampler, seed=sampler.seed + len(study.trials))
         for trial in study.trials:
             if trial.state == optuna.trial.TrialState.RUNNING:  # stopped mid-trial: its folder says interrupted
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
