@@ -51,27 +51,34 @@ def trial_rows(sweep_dir: Path) -> list[dict]:
 def importances(study) -> dict[str, float]:
     """Each parameter's importance for the validation accuracy (fixed seed: repeatable). Optuna's importance covers
     only parameters whose distribution every trial shares, so a range widened while the study ran (resumed with a
-    new interval) is read as its widest: every value drawn lies inside it."""
+    new interval) is read as its widest: every value drawn lies inside it. Changed choices are left out."""
     import copy
     import warnings
 
     import optuna
 
     done = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
-    widest = {}
+    widest, changed_choices = {}, set()
     for trial in done:
         for name, drawn in trial.distributions.items():
             seen = widest.setdefault(name, drawn)
             if seen != drawn and hasattr(drawn, "low"):  # a numeric range: the union of the two
                 widest[name] = copy.copy(seen)
                 widest[name].low, widest[name].high = min(seen.low, drawn.low), max(seen.high, drawn.high)
+            elif seen != drawn:
+                changed_choices.add(name)
+    verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
-    shared = optuna.create_study(direction=study.direction)
+    try:
+        shared = optuna.create_study(direction=study.direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     with warnings.catch_warnings():  # Optuna 2 marks create_trial and add_trials experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        shared.add_trials([optuna.trial.create_trial(params=trial.params, value=trial.value,
-                                                     distributions={name: widest[name] for name in trial.params})
-                           for trial in done])  # fmt: skip
+        for trial in done:
+            kept = [name for name in trial.params if name not in changed_choices]
+            shared.add_trial(optuna.trial.create_trial(value=trial.value, params={n: trial.params[n] for n in kept},
+                                                       distributions={n: widest[n] for n in kept}))  # fmt: skip
     evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
     return optuna.importance.get_param_importances(shared, evaluator=evaluator)
 
