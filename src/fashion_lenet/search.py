@@ -48,25 +48,41 @@ def trial_rows(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def _union(seen, drawn):
+    """The union of two numeric ranges of one kind and step (an Optuna distribution), or None where there is none."""
+    import copy
+
+    def step(distribution):
+        return getattr(distribution, "q", None) or getattr(distribution, "step", None)
+
+    if type(seen) is not type(drawn) or not hasattr(seen, "low") or step(seen) != step(drawn):
+        return None
+    if step(seen) and (drawn.low - seen.low) % step(seen):  # two grids that do not line up
+        return None
+    union = copy.copy(seen)
+    union.low, union.high = min(seen.low, drawn.low), max(seen.high, drawn.high)
+    return union
+
+
 def importances(study) -> dict[str, float]:
     """Each parameter's importance for the validation accuracy (fixed seed: repeatable). Optuna's importance covers
     only parameters whose distribution every trial shares, so a range widened while the study ran (resumed with a
-    new interval) is read as its widest: every value drawn lies inside it. Changed choices are left out."""
-    import copy
+    new interval) is read as its widest: every value drawn lies inside it. Other changes leave the parameter out."""
     import warnings
 
     import optuna
 
     done = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
-    widest, changed_choices = {}, set()
+    widest, changed = {}, set()
     for trial in done:
         for name, drawn in trial.distributions.items():
             seen = widest.setdefault(name, drawn)
-            if seen != drawn and hasattr(drawn, "low"):  # a numeric range: the union of the two
-                widest[name] = copy.copy(seen)
-                widest[name].low, widest[name].high = min(seen.low, drawn.low), max(seen.high, drawn.high)
-            elif seen != drawn:
-                changed_choices.add(name)
+            if seen != drawn:
+                union = _union(seen, drawn)
+                if union is None:
+                    changed.add(name)
+                else:
+                    widest[name] = union
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
     try:
@@ -76,7 +92,7 @@ def importances(study) -> dict[str, float]:
     with warnings.catch_warnings():  # Optuna 2 marks create_trial and add_trials experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for trial in done:
-            kept = [name for name in trial.params if name not in changed_choices]
+            kept = [name for name in trial.params if name not in changed]
             shared.add_trial(optuna.trial.create_trial(value=trial.value, params={n: trial.params[n] for n in kept},
                                                        distributions={n: widest[n] for n in kept}))  # fmt: skip
     evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
