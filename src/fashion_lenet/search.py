@@ -36,14 +36,19 @@ def load_study(sweep_dir: Path):
 
 
 def trial_rows(sweep_dir: Path) -> list[dict]:
-    """Each trial's job: its number, the values it drew, status, best val acc, test acc, wall time."""
+    """Each trial's job: its number, the values it drew, status, best val acc (and its epoch, 1-based, of all),
+    test acc, the last epoch's train acc (under/overfitting), wall time."""
     rows = []
     for folder in job_dirs(sweep_dir):
         drawn = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
         metrics = read_metrics(folder) or {}
+        history = metrics.get("history") or [{}]
+        best_epoch = metrics.get("best_epoch")
         rows.append({"job": int(folder.name), "params": dict(o.split("=", 1) for o in drawn if "=" in o),
                      "status": metrics.get("status", "unknown"), "val_acc": metrics.get("best_val_acc"),
-                     "test_acc": metrics.get("test_acc"), "wall_s": metrics.get("wall_time_s"),
+                     "best_epoch": "" if best_epoch is None else f"{best_epoch + 1}/{len(history)}",
+                     "test_acc": metrics.get("test_acc"), "train_acc": history[-1].get("train_acc"),
+                     "wall_s": metrics.get("wall_time_s"),
                      "group": (metrics.get("fused_group") or {}).get("members", 1)})  # fmt: skip
     return rows
 
@@ -162,14 +167,14 @@ def summarize(sweep_dir: Path, out: Path) -> Path:
         "",
         "## Trials, best validation accuracy first",
         "",
-        f"| job | {' | '.join(keys)} | status | best val % | test % | fused with |",
-        f"|{'---|' * (len(keys) + 5)}",
+        f"| job | {' | '.join(keys)} | status | best val % | at epoch | test % | final train % | fused with |",
+        f"|{'---|' * (len(keys) + 7)}",
     ]
     ordered = sorted(rows, key=lambda r: -(r["val_acc"] or 0))
     for r in ordered:
         values = " | ".join(_short(r["params"].get(k, "")) for k in keys)
-        lines.append(f"| {r['job']} | {values} | {r['status']} | {_percent(r['val_acc'])} | "
-                     f"{_percent(r['test_acc'])} | {r['group']} |")  # fmt: skip
+        lines.append(f"| {r['job']} | {values} | {r['status']} | {_percent(r['val_acc'])} | {r['best_epoch']} | "
+                     f"{_percent(r['test_acc'])} | {_percent(r['train_acc'])} | {r['group']} |")  # fmt: skip
     path = out / "search.md"
     path.write_text("\n".join(lines) + "\n")
     return path
