@@ -42,12 +42,11 @@ def trial_rows(sweep_dir: Path) -> list[dict]:
     for folder in job_dirs(sweep_dir):
         drawn = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
         metrics = read_metrics(folder) or {}
-        history = metrics.get("history") or [{}]
         best_epoch = metrics.get("best_epoch")
         rows.append({"job": int(folder.name), "params": dict(o.split("=", 1) for o in drawn if "=" in o),
                      "status": metrics.get("status", "unknown"), "val_acc": metrics.get("best_val_acc"),
-                     "best_epoch": "" if best_epoch is None else f"{best_epoch + 1}/{len(history)}",
-                     "test_acc": metrics.get("test_acc"), "train_acc": history[-1].get("train_acc"),
+                     "best_epoch": "" if best_epoch is None else f"{best_epoch + 1}/{len(metrics['history'])}",
+                     "test_acc": metrics.get("test_acc"), "train_acc": metrics.get("final_train_acc"),
                      "wall_s": metrics.get("wall_time_s"),
                      "group": (metrics.get("fused_group") or {}).get("members", 1)})  # fmt: skip
     return rows
