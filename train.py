@@ -13,8 +13,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fashion_lenet import lifecycle
 from fashion_lenet.config import register_resolvers, validate
@@ -23,31 +22,19 @@ from fashion_lenet.resume import how_to_resume, resume_mode, solo_checkpoint
 
 
 def train(cfg: DictConfig) -> dict:
-    """Run one job and return what it wrote to metrics.json."""
+    """Run one job (a group of one) and return what it wrote to metrics.json."""
     # Imported here, in the job's process: a launcher that runs jobs in other processes (joblib, SLURM) then
     # skips torch, Lightning, torchvision and torchmetrics (`import train`: 2 s -> 0.2 s on a 2-core CPU).
-    import lightning.pytorch as pl
-
-    from fashion_lenet.callbacks import EpochHistory
     from fashion_lenet.console import quiet_lightning
-    from fashion_lenet.module import LeNetModule
+    from fashion_lenet.group import Member, train_group
 
     quiet_lightning()  # first: Lightning's own console handler would print an early error twice
     hydra_cfg = HydraConfig.get()
     validate(cfg, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
     output_dir = Path(hydra_cfg.runtime.output_dir)
     ckpt_path = solo_checkpoint(output_dir, cfg.ckpt_path, resume_mode(cfg))  # before anything is built: may refuse
-    lifecycle.prepare(cfg)
-
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()  # fails fast, with advice, when the data is missing or corrupted
-    node = lambda key: OmegaConf.to_container(cfg[key], resolve=True) or None  # noqa: E731
-    module = LeNetModule(node("model"), node("optim"), node("scheduler"), cfg.cuda_graph, cfg.label_smoothing)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
-    history = next(c for c in callbacks if isinstance(c, EpochHistory))
-    job = lifecycle.JobRecord(output_dir, job_hparams(cfg, hydra_cfg.runtime.choices), trainer.logger)
-    return lifecycle.run(trainer, module, datamodule, [job], history, ckpt_path, how_to_resume(hydra_cfg))[0]
+    job = Member(cfg, output_dir, job_hparams(cfg, hydra_cfg.runtime.choices))
+    return train_group([job], how_to_resume(hydra_cfg), ckpt_path)[0]
 
 
 register_resolvers()  # before @hydra.main composes the config: conf/logger's ${run_name:}, conf/data's ${project_root:}

@@ -47,11 +47,11 @@ def test_loaders_cover_every_image_once_and_keep_partial_batches(data_root):
     train = module.train_dataloader()
     assert len(train) == 750
     images, labels = next(iter(train))
-    assert images.shape == (64, 1, 28, 28) and labels.shape == (64,)
+    assert images.shape == (1, 64, 1, 28, 28) and labels.shape == (1, 64)  # a group of one member's batch
     val, test = module.val_dataloader()
     assert [len(b[1]) for b in val] == [5000, 5000, 2000]
     assert sum(len(b[1]) for b in test) == 10_000
-    seen = torch.cat([labels for _, labels in train])
+    seen = torch.cat([labels[0] for _, labels in train])
     assert torch.equal(seen.sort().values, module.splits["train"][1].sort().values)
 
 
@@ -65,7 +65,24 @@ def test_shuffle_order_is_restored_from_state_dict(data_root):
     assert not torch.equal(next(iter(module.train_dataloader()))[1], first_epoch)
 
 
-def test_device_batches_without_generator_keep_order():
+def test_each_member_of_a_group_gets_the_batches_it_gets_alone(data_root):
+    """Per member its own shuffle seed and augmentation; a group of three against three groups of one."""
+    seeds, augment, shifts = [0, 7, 0], [False, True, True], [2, 1, 2]
+    group = FashionMNISTDataModule(str(data_root), shuffle_seed=seeds, augment=augment, max_shift=shifts)
+    alone = [FashionMNISTDataModule(str(data_root), shuffle_seed=s, augment=a, max_shift=m)
+             for s, a, m in zip(seeds, augment, shifts, strict=True)]  # fmt: skip
+    for module in (group, *alone):
+        module.setup()
+    batches = [iter(module.train_dataloader()) for module in (group, *alone)]
+    for _ in range(3):
+        (images, labels), *solo = (next(member_batches) for member_batches in batches)
+        assert images.shape == (3, 64, 1, 28, 28)
+        for member, (solo_images, solo_labels) in enumerate(solo):
+            assert torch.equal(labels[member], solo_labels[0]) and torch.equal(images[member], solo_images[0])
+    assert not torch.equal(images[0], images[2])  # same shuffle, but member 2 augments
+
+
+def test_device_batches_keep_order():
     x, y = torch.arange(10.0), torch.arange(10)
     assert [b[1].tolist() for b in DeviceBatches(x, y, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 

@@ -13,8 +13,9 @@ from torch import nn
 
 from fashion_lenet.config import compose_job
 from fashion_lenet.data import FashionMNISTDataModule
+from fashion_lenet.fused import FusedLeNet5
 from fashion_lenet.models import LeNet5
-from fashion_lenet.module import LeNetModule
+from fashion_lenet.module import LeNetModule, member_losses
 from fashion_lenet.train_step import WARMUP_STEPS, TrainStep
 from train import train
 
@@ -36,21 +37,30 @@ def train_split(data_root):
 
 
 def _batches(split, device, sizes):
+    """A group of one's batches: images [1, B, 1, 28, 28], labels [1, B]."""
     images, labels = (t.to(device) for t in split)
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    return [(images[s : s + n], labels[s : s + n]) for s, n in zip(starts, sizes, strict=True)]
+    return [(images[None, s : s + n], labels[None, s : s + n]) for s, n in zip(starts, sizes, strict=True)]
+
+
+def _step(net: nn.Module, device, capture: bool) -> TrainStep:
+    """The step of a group of one, without label smoothing, with a plain backward."""
+    losses = lambda logits, labels: member_losses(logits, labels, [0.0])  # noqa: E731
+    return TrainStep(net, losses, lambda loss: loss.backward(), 1, torch.device(device), capture)
 
 
 def test_totals_and_gradients_match_a_plain_backward(train_split):
     torch.manual_seed(0)
-    net = LeNet5(norm="pre")
-    reference = copy.deepcopy(net)
-    step = TrainStep(net, lambda loss: loss.backward(), torch.device("cpu"), capture=True)  # capture: GPU only
+    net = FusedLeNet5(1, norm="pre")  # a group of one: torch's LeNet-5 inside
+    reference = LeNet5(norm="pre")
+    reference.load_state_dict(net.state_dict())
+    step = _step(net, "cpu", capture=True)  # capture: GPU only
     batches = _batches(train_split, "cpu", [64, 64, 17])
     loss_sum = correct = 0.0
     for images, labels in batches:  # no optimizer step: every batch sees the same weights
         step(images, labels)
         reference.zero_grad()
+        images, labels = images[0], labels[0]
         logits = reference(images)
         loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
         (loss / len(labels)).backward()
@@ -58,8 +68,8 @@ def test_totals_and_gradients_match_a_plain_backward(train_split):
     assert step.graph is None
     for (name, p), q in zip(net.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=name)  # the last batch's gradients, not a sum
-    assert step.take_totals().tolist() == pytest.approx([loss_sum, correct, 145], rel=1e-5)
-    assert step.take_totals().tolist() == [0.0, 0.0, 0.0]  # taking them restarts them
+    assert step.take_totals().tolist() == [pytest.approx([loss_sum, correct, 145], rel=1e-5)]
+    assert step.take_totals().tolist() == [[0.0, 0.0, 0.0]]  # taking them restarts them
 
 
 def test_training_counts_optimizer_steps_and_steps_the_scheduler_per_epoch(make_cfg, tmp_path):
@@ -75,13 +85,13 @@ def test_training_counts_optimizer_steps_and_steps_the_scheduler_per_epoch(make_
 def test_cuda_graph_replays_what_eager_steps_compute(train_split, variant):
     torch.manual_seed(0)
     device = torch.device("cuda")
-    eager_net = LeNet5(**variant).to(device)
+    eager_net = FusedLeNet5(1, **variant).to(device)
     graph_net = copy.deepcopy(eager_net)
     sizes = [64] * (WARMUP_STEPS + 8) + [32] + [64] * 3  # warm-up, capture, replays, a partial batch, replays
     results = []
     for net, capture in ((eager_net, False), (graph_net, True)):
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-        step = TrainStep(net, lambda loss: loss.backward(), device, capture)
+        step = _step(net, device, capture)
         for i, (images, labels) in enumerate(_batches(train_split, device, sizes)):
             if i == WARMUP_STEPS + 5:
                 net.zero_grad(set_to_none=True)  # as Lightning does before each validation
@@ -127,8 +137,8 @@ def test_first_replay_draws_its_own_dropout_mask_when_the_capture_stream_lags(tr
     for capture in (False, True):
         torch.manual_seed(0)  # the same weights, and the CUDA generator back at offset 0
         sleep = _GpuSleep()
-        net = nn.Sequential(sleep, LeNet5(dropout_layers=1)).to(device)
-        step = TrainStep(net, lambda loss: loss.backward(), device, capture)
+        net = nn.Sequential(sleep, FusedLeNet5(1, dropout_layers=1)).to(device)
+        step = _step(net, device, capture)
         for i, batch in enumerate(batches):
             sleep.cycles = 1_500_000_000 if capture and i == WARMUP_STEPS else 0
             step(*batch)

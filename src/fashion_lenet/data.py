@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -87,40 +87,25 @@ def augment(images: torch.Tensor, generator: torch.Generator, shift: int = 2) ->
 
 
 class DeviceBatches:
-    """Mini-batches sliced from tensors already on the device; shuffled by an on-device permutation.
+    """Evaluation batches sliced in order from tensors already on the device; keeps the partial last batch (every
+    image is seen once)."""
 
-    Keeps every partial batch (validation and test must see every image once).
-    """
-
-    def __init__(self, images, labels, batch_size: int, generator: torch.Generator | None = None,
-                 max_shift: int | None = None):  # fmt: skip
-        self.images, self.labels = images, labels
-        self.batch_size = batch_size
-        self.generator = generator  # None: keep the order (evaluation)
-        self.max_shift = max_shift  # None: no augmentation
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        if self.generator is None:
-            for start in range(0, n, self.batch_size):
-                yield self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
-            return
-        order = torch.randperm(n, device=self.labels.device, generator=self.generator)
-        for batch in order.split(self.batch_size):
-            images = self.images[batch]
-            if self.max_shift is not None:
-                images = augment(images, self.generator, self.max_shift)
-            yield images, self.labels[batch]
+        for start in range(0, len(self.labels), self.batch_size):
+            yield self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
 
 
 class MemberBatches:
-    """The training batches of N fused members at once: images [N, B, 1, 28, 28], labels [N, B].
+    """The training batches of a group's members: images [members, B, 1, 28, 28], labels [members, B].
 
-    Member n's batch comes from its own shuffle generator, drawn in the order its solo DeviceBatches draws it
-    (one permutation per epoch, then each batch's augmentation), so each member sees its solo run's batches.
+    Member n shuffles with its own generator (one on-device permutation per epoch, then each batch's augmentation,
+    drawn in that order), so its batches are those it sees when it trains alone.
     """
 
     def __init__(self, images, labels, batch_size: int, generators: list[torch.Generator],
@@ -142,8 +127,16 @@ class MemberBatches:
             yield images, self.labels[batch]
 
 
+def _per_member(value, members: int) -> list:
+    return list(value) if isinstance(value, Sequence) else [value] * members
+
+
 class FashionMNISTDataModule(pl.LightningDataModule):
-    """80/20 split of the official training images; the official test set is only ever evaluated."""
+    """80/20 split of the official training images; the official test set is only ever evaluated.
+
+    Training batches are a group's (MemberBatches): `shuffle_seed`, `augment` and `max_shift` are one value, or
+    one per member of a fused group. Evaluation batches are shared: every member sees the same images.
+    """
 
     def __init__(
         self,
@@ -152,18 +145,21 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1000,
         val_fraction: float = 0.2,
         split_seed: int = 12345,
-        shuffle_seed: int = 0,
-        augment: bool = False,
-        max_shift: int = 2,
+        shuffle_seed: int | Sequence[int] = 0,
+        augment: bool | Sequence[bool] = False,
+        max_shift: int | Sequence[int] = 2,
     ):
         super().__init__()
         self.root = root
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_fraction, self.split_seed, self.shuffle_seed = val_fraction, split_seed, shuffle_seed
-        self.max_shift = max_shift if augment else None
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.shuffle_seeds = _per_member(shuffle_seed, 1)
+        members = len(self.shuffle_seeds)
+        augments, shifts = _per_member(augment, members), _per_member(max_shift, members)
+        self.max_shifts = [shift if on else None for on, shift in zip(augments, shifts, strict=True)]
         self.raw_verified = False
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.shuffle_generator: torch.Generator | None = None
+        self.shuffle_generators: list[torch.Generator] = []
 
     def prepare_data(self) -> None:
         # Lightning calls this for fit and again for test; the 55 MB checksum pass is needed only once.
@@ -186,10 +182,10 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         # Several processes (DDP): each keeps every world_size-th image of each split, its shard.
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         self.splits = {name: (x[rank::world].to(device), y[rank::world].to(device)) for name, (x, y) in parts.items()}
-        self.shuffle_generator = torch.Generator(device=device).manual_seed(self.shuffle_seed)
+        self.shuffle_generators = [torch.Generator(device=device).manual_seed(seed) for seed in self.shuffle_seeds]
 
-    def train_dataloader(self) -> DeviceBatches:
-        return DeviceBatches(*self.splits["train"], self.batch_size, self.shuffle_generator, self.max_shift)
+    def train_dataloader(self) -> MemberBatches:
+        return MemberBatches(*self.splits["train"], self.batch_size, self.shuffle_generators, self.max_shifts)
 
     def val_dataloader(self) -> list[DeviceBatches]:
         # Index 0 selects checkpoints; index 1 only draws the per-epoch test curve of the seed's Figure 1.
@@ -204,39 +200,14 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def _eval_batches(self, split: str) -> DeviceBatches:
         return DeviceBatches(*self.splits[split], self.eval_batch_size)
 
-    # The shuffle generator's state travels in checkpoints so a resumed run sees the same batches.
-    def state_dict(self) -> dict:
-        return {"shuffle_generator": self.shuffle_generator.get_state()} if self.shuffle_generator else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if "shuffle_generator" in state_dict and self.shuffle_generator is not None:
-            self.shuffle_generator.set_state(state_dict["shuffle_generator"])
-
-
-class StackedFashionMNIST(FashionMNISTDataModule):
-    """The DataModule of a fused group: one copy of the data; per member a shuffle generator and an augmentation
-    (max_shifts: each member's largest shift, None for no augmentation)."""
-
-    def __init__(self, shuffle_seeds: list[int], max_shifts: list[int | None], **kwargs):
-        super().__init__(shuffle_seed=shuffle_seeds[0], **kwargs)
-        self.shuffle_seeds, self.max_shifts = shuffle_seeds, max_shifts
-        self.shuffle_generators: list[torch.Generator] = []
-
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        if not self.shuffle_generators:
-            device = self.splits["train"][1].device
-            self.shuffle_generators = [torch.Generator(device=device).manual_seed(s) for s in self.shuffle_seeds]
-
-    def train_dataloader(self) -> MemberBatches:
-        return MemberBatches(*self.splits["train"], self.batch_size, self.shuffle_generators, self.max_shifts)
-
-    # Every member's shuffle generator travels in the group's checkpoints, so a resumed group sees the same batches.
+    # The shuffle generators' states travel in checkpoints so a resumed run sees the same batches.
     def state_dict(self) -> dict:
         return {"shuffle_generators": [g.get_state() for g in self.shuffle_generators]}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        for generator, state in zip(self.shuffle_generators, state_dict["shuffle_generators"], strict=True):
+        # "shuffle_generator": one run's, as checkpoints written before solo runs were groups of one hold it
+        states = state_dict.get("shuffle_generators") or [state_dict["shuffle_generator"]]
+        for generator, state in zip(self.shuffle_generators, states, strict=True):
             generator.set_state(state)
 
 

@@ -38,7 +38,7 @@ def evaluate(checkpoint: Path, data_root: Path, out: Path, accelerator: str = "a
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_model_summary=False,
                          enable_progress_bar=False)  # fmt: skip
     trainer.test(module, datamodule=datamodule, verbose=False)
-    tested = module.test_results()
+    tested = module.test_results()[0]  # a checkpoint of one job: a group of one
     matrix = tested["confusion"].cpu()
     out.mkdir(parents=True, exist_ok=True)
     figure = out / f"confusion_matrix_{checkpoint.stem}.png"

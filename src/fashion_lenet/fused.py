@@ -12,6 +12,10 @@ Activations travel as
 LeNet5's names with a leading member axis: `member_state_dict(n)` and `load_member(n, ...)` are the bridge to and
 from a plain `LeNet5`. `MemberParameters` hands torch's optimizers each member's parameters as leaf tensors that
 share the stacked storage, so every member keeps its own lr, weight decay and optimizer state.
+
+A group of one is torch's own LeNet-5 (HFTA's lesson: the fused op with one member hands back the plain layer):
+`FusedLeNet5(1, ...)` is built from torch's layers, its state dict is LeNet5's, and `MemberParameters` hands the
+optimizer its parameters as they are, so a solo run computes exactly what a plain LeNet5 computes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fashion_lenet.batchnorm import manual_batch_norm
-from fashion_lenet.models import lenet5
+from fashion_lenet.models import TorchLayers, lenet5
 
 
 def _init_like_torch(weight: Tensor, bias: Tensor, fan_in: int) -> None:
@@ -144,17 +148,22 @@ class FusedLayers:
 class FusedLeNet5(nn.Module):
     """`members` LeNet5s: images [members, B, 1, 28, 28] (member n's batch at n) -> logits [members, B, classes].
 
-    Takes LeNet5's arguments; dropout_p may also be one value per member.
+    Takes LeNet5's arguments; dropout_p may also be one value per member. One member is a plain LeNet5 inside.
     """
 
     def __init__(self, members: int, norm: str = "none", dropout_layers: int = 0,
                  dropout_p: float | Sequence[float] = 0.3, bn_impl: str = "torch", num_classes: int = 10):  # fmt: skip
         super().__init__()
         self.members = members
-        self.features, self.classifier = lenet5(FusedLayers(members), norm, dropout_layers, dropout_p, bn_impl,
-                                                num_classes)  # fmt: skip
+        if members == 1:
+            layers, dropout_p = TorchLayers, dropout_p[0] if isinstance(dropout_p, Sequence) else dropout_p
+        else:
+            layers = FusedLayers(members)
+        self.features, self.classifier = lenet5(layers, norm, dropout_layers, dropout_p, bn_impl, num_classes)
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.members == 1:
+            return self.classifier(self.features(images[0])).unsqueeze(0)
         x = images.transpose(0, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
         return self.classifier(self.features(x))
 
@@ -163,9 +172,12 @@ class FusedLeNet5(nn.Module):
             if isinstance(layer, FusedDropout):
                 layer.generators = generators
 
+    def _slot(self, tensor: Tensor, member: int) -> Tensor:
+        return tensor if self.members == 1 else tensor[member]
+
     def member_state_dict(self, member: int) -> dict[str, Tensor]:
         """Member's weights and buffers as a plain LeNet5 state dict (copies)."""
-        return {name: tensor[member].clone() for name, tensor in self.state_dict().items()}
+        return {name: self._slot(tensor, member).clone() for name, tensor in self.state_dict().items()}
 
     def load_member(self, member: int, state_dict: dict[str, Tensor]) -> None:
         """Put a plain LeNet5's weights and buffers into slot `member`."""
@@ -174,12 +186,13 @@ class FusedLeNet5(nn.Module):
             raise ValueError(f"not a state dict of this network's LeNet5: {sorted(own.keys() ^ state_dict.keys())}")
         with torch.no_grad():
             for name, tensor in state_dict.items():
-                own[name][member].copy_(tensor)
+                self._slot(own[name], member).copy_(tensor)
 
 
 class MemberParameters:
     """Each member's parameters as leaf tensors over the stacked ones (same storage), for one param group per
-    member in a torch optimizer: an in-place update of member n's tensors is an update of slot n.
+    member in a torch optimizer: an in-place update of member n's tensors is an update of slot n. A group of one
+    is the network's own parameters.
 
     `point_gradients` makes each member's `.grad` a view of the stacked gradient, or None for members that no
     longer train (torch's optimizers skip a parameter without a gradient).
@@ -187,7 +200,10 @@ class MemberParameters:
 
     def __init__(self, net: nn.Module, members: int):
         self.stacked = list(net.parameters())
-        self.members = [[nn.Parameter(p.detach()[n]) for p in self.stacked] for n in range(members)]
+        if members == 1:
+            self.members = [self.stacked]
+        else:
+            self.members = [[nn.Parameter(p.detach()[n]) for p in self.stacked] for n in range(members)]
         self._pointed: tuple[list, list[bool]] = ([], [])  # the stacked gradients and activity last pointed at
 
     def point_gradients(self, active: list[bool]) -> None:
@@ -196,7 +212,12 @@ class MemberParameters:
         pointed, was_active = self._pointed
         if was_active == active and len(pointed) == len(grads) and all(map(operator.is_, pointed, grads)):
             return
-        for n, (params, on) in enumerate(zip(self.members, active, strict=True)):
-            for member_param, grad in zip(params, grads, strict=True):
-                member_param.grad = grad[n] if on and grad is not None else None
+        if len(self.members) == 1:  # the parameters themselves: their gradients are where the optimizer looks
+            if not active[0]:
+                for param in self.stacked:
+                    param.grad = None
+        else:
+            for n, (params, on) in enumerate(zip(self.members, active, strict=True)):
+                for member_param, grad in zip(params, grads, strict=True):
+                    member_param.grad = grad[n] if on and grad is not None else None
         self._pointed = (grads, list(active))

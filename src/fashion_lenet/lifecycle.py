@@ -1,17 +1,10 @@
-"""A job's life, written once for a solo run (train.py) and for each member of a fused group (group.py).
+"""A job's life, written once for every job a group trains (a solo run is a group of one: group.py).
 
     prepare(cfg)   threads, matmul precision, seeds, Lightning's console noise
     run(...)       fit (or continue from a checkpoint); Ctrl-C/SIGTERM -> every job `interrupted`, exit 130/143;
                    test each job's best checkpoint; per job: status (completed or diverged), metrics.json,
                    TensorBoard's HPARAMS, test scalars and figures
     result(...)    what the job hands Hydra: its best validation accuracy, or DivergedError
-
-What the trainer's module provides (LeNetModule: one job; GroupModule: its members, one job each):
-    members                          number of jobs it trains
-    epoch_rows() -> [row]            each job's metrics of the epoch that just ended (EpochHistory's rows)
-    stop_member(n)                   job n diverged: it stops training, the others go on
-    test_best(trainer, datamodule, tested) -> [BestCheckpoint | None]   each job's best checkpoint, tested
-    uses_cuda_graph                  whether training steps replayed a CUDA graph
 """
 
 from __future__ import annotations
@@ -40,7 +33,8 @@ if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
     from omegaconf import DictConfig
 
-    from fashion_lenet.callbacks import EpochHistory
+    from fashion_lenet.group import MemberOutputs
+    from fashion_lenet.module import LeNetModule
 
 log = logging.getLogger("train")
 
@@ -81,9 +75,10 @@ def prepare(cfg: DictConfig) -> None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
-def run(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, jobs: list[JobRecord],
-        history: EpochHistory, ckpt_path: str | None, resume_hint: str) -> list[dict]:  # fmt: skip
+def run(trainer: pl.Trainer, module: LeNetModule, datamodule: pl.LightningDataModule, jobs: list[JobRecord],
+        outputs: MemberOutputs, ckpt_path: str | None, resume_hint: str) -> list[dict]:  # fmt: skip
     """Train, test and record `jobs` (module.members of them); return each job's metrics.json content."""
+    history = outputs.history
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -101,9 +96,8 @@ def run(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
             _write(trainer, job, job.hparams | common | job.extra | {"status": "interrupted", "history": rows})
         log.warning("interrupted; resume with: %s", resume_hint)
         raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
-    # Copies: testing a checkpoint restores the callbacks' state, histories included, to that checkpoint's.
     histories, diverged = [list(rows) for rows in history.histories], list(history.diverged)
-    tested = module.test_best(trainer, datamodule, [not d for d in diverged])
+    tested = module.test_best(trainer, datamodule, [None if d else outputs.best(n) for n, d in enumerate(diverged)])
     wall = time.perf_counter() - start
     results = []
     for job, rows, best in zip(jobs, histories, tested, strict=True):

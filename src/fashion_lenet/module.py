@@ -1,27 +1,29 @@
-"""The LightningModule: cross-entropy, accuracy and mean loss per stage, optimizer built from config."""
+"""The LightningModule: N >= 1 LeNet-5s trained as one (a solo run is a group of one), each with its own loss,
+optimizer hyperparameters, dropout stream, metrics and test results.
+
+Each member is the job it would be alone: seeded as its solo run (same initial weights, batches and, on the CPU,
+dropout masks), its own param group in one optimizer, its own BatchNorm statistics. Metrics are [members, 3] totals
+on the device (loss sum, correct predictions, images), read once per epoch.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassConfusionMatrix
 
+from fashion_lenet.fused import FusedDropout, FusedLeNet5, MemberParameters
 from fashion_lenet.lifecycle import BestCheckpoint
-from fashion_lenet.train_step import TrainStep
+from fashion_lenet.train_step import TrainStep, tally
 
 NUM_CLASSES = 10
 MAX_MISCLASSIFIED = 64
-HISTORY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc")  # logged per epoch, kept per epoch
-
-
-def _accuracy() -> MulticlassAccuracy:
-    # validate_args=False: the argument checks cost a host sync per step.
-    return MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False)
 
 
 def skip_per_step_gpu_lookup() -> None:
@@ -32,7 +34,7 @@ def skip_per_step_gpu_lookup() -> None:
 
 
 def set_fit_flags(device: torch.device) -> None:
-    """torch's global settings for training, solo or fused."""
+    """torch's global settings for training."""
     # Deterministic kernels stay (trainer.deterministic), but new tensors are not NaN-filled first: the fill
     # only exposes reads of uninitialized memory and costs one kernel per allocation on a GPU.
     torch.utils.deterministic.fill_uninitialized_memory = False
@@ -43,146 +45,239 @@ def set_fit_flags(device: torch.device) -> None:
         skip_per_step_gpu_lookup()
 
 
-def _mean() -> MeanMetric:
-    return MeanMetric(nan_strategy="disable")  # a NaN loss must stay visible: it marks divergence
+def _per_member(value, members: int) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value] * members
+
+
+def member_losses(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: list[float]) -> torch.Tensor:
+    """[members, B] training cross-entropies, each member's with its own label smoothing ε (torch's loss)."""
+    if len(set(label_smoothing)) == 1:  # one ε for all (a solo run): one call over every member's batch
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none",
+                               label_smoothing=label_smoothing[0]).view_as(labels)  # fmt: skip
+    return torch.stack([F.cross_entropy(member_logits, member_labels, reduction="none", label_smoothing=epsilon)
+                        for member_logits, member_labels, epsilon in zip(logits, labels, label_smoothing,
+                                                                         strict=True)])  # fmt: skip
 
 
 class LeNetModule(pl.LightningModule):
-    """One job (lifecycle.py's `members` = 1): wraps a network described by `net` (a Hydra node with `_target_`), so
-    checkpoints rebuild themselves.
+    """`members` LeNet-5s of one network shape, trained as one (`FusedLeNet5`; one member is a plain LeNet5).
 
-    `optimizer` and `scheduler` are `_partial_: true` nodes, completed in `configure_optimizers`.
+    Every argument but `scheduler` and `cuda_graph` is one value per member (a list), or one value for a group of
+    one, as checkpoints of solo runs describe themselves:
+    `net`: each member's network, a Hydra node with `_target_` (LeNet5's; the members differ at most in dropout_p).
+    `optimizer`: each member's `_partial_: true` node (one class; each member its own lr, weight decay...).
+    `scheduler`: the members' shared `_partial_: true` node, or None. Both are completed in `configure_optimizers`.
     `cuda_graph`: on a single GPU, record each training step's forward and backward once and replay it.
     `label_smoothing`: of the training loss only; validation and test report the plain cross-entropy.
+    `seeds`: each member's initial weights are its solo run's: built right after torch.manual_seed(seed); None
+    keeps torch's global generator as it is (a checkpoint's weights then replace them).
     """
 
-    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, cuda_graph: bool = True,
-                 label_smoothing: float = 0.0):  # fmt: skip
+    def __init__(self, net: dict | list[dict], optimizer: dict | list[dict], scheduler: dict | None = None,
+                 cuda_graph: bool = True, label_smoothing: float | list[float] = 0.0,
+                 seeds: list[int] | None = None):  # fmt: skip
         super().__init__()
-        self.save_hyperparameters(logger=False)  # train.py logs hparams once, with the final metrics
+        self.save_hyperparameters(ignore=["seeds"], logger=False)  # lifecycle.py logs hparams, with the results
         # The step is ours (TrainStep): Lightning's closure cannot replay a CUDA graph. Lightning still counts
         # the optimizer steps, saves and restores everything; the scheduler is stepped per epoch below.
         self.automatic_optimization = False
-        self.net: nn.Module = instantiate(net)
-        # Training totals come from TrainStep once per epoch; evaluation updates torchmetrics per batch.
-        self.metrics = nn.ModuleDict({"train_loss": _mean(), "train_acc": _mean()})
-        for stage in ("val", "test", "test_best"):  # test: per-epoch curve; test_best: best checkpoint
-            self.metrics.update({f"{stage}_loss": _mean(), f"{stage}_acc": _accuracy()})
-        self.confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False)
-        self.misclassified: list[torch.Tensor] = []
+        nets = [net] if isinstance(net, Mapping) else list(net)
+        self.members = len(nets)
+        self.optimizer_nodes = _per_member(optimizer, self.members)
+        self.label_smoothing = [float(e) for e in _per_member(label_smoothing, self.members)]
+        self.seeds = seeds
+        self.net, dropout_states = self._build(nets, seeds)
+        self.dropout_states = dropout_states  # each member's dropout stream on the CPU: the RNG after its build
+        self.dropout_generators: list[torch.Generator] | None = None  # on the trainer's device, made in setup()
+        self.member_parameters: MemberParameters | None = None
         self.train_step: TrainStep | None = None
+        self.active = [True] * self.members  # False once a member diverged: it gets no gradient, so no update
+        self.totals: dict[str, torch.Tensor] = {}  # stage -> [members, 3]: loss sum, correct, images
+        self.confusions = nn.ModuleList(
+            MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False) for _ in range(self.members)
+        )
+        self.misclassified: list[list[torch.Tensor]] = [[] for _ in range(self.members)]
 
-    members = 1
+    def _build(self, nets: list[dict], seeds: list[int] | None) -> tuple[FusedLeNet5, list[torch.Tensor]]:
+        """The members' network, each member's weights those its solo run starts from."""
+        args = {k: v for k, v in nets[0].items() if k not in ("_target_", "dropout_p")}
+        fused = FusedLeNet5(self.members, dropout_p=[node.get("dropout_p", 0.3) for node in nets], **args)
+        if self.members == 1 and seeds is None:
+            return fused, [torch.get_rng_state()]
+        states = []
+        for n, node in enumerate(nets):
+            if seeds is not None:
+                torch.manual_seed(seeds[n])  # as the solo run's seed_everything
+            fused.load_member(n, instantiate(node).state_dict())
+            states.append(torch.get_rng_state())  # where the solo run's dropout draws from on the CPU
+        return fused, states
+
+    def member_hparams(self, member: int) -> dict:
+        """The arguments that rebuild `member` alone: what its best checkpoint carries."""
+        nets = self.hparams.net if self.members > 1 else [self.hparams.net]
+        return {"net": nets[member], "optimizer": self.optimizer_nodes[member], "scheduler": self.hparams.scheduler,
+                "cuda_graph": self.hparams.cuda_graph, "label_smoothing": self.label_smoothing[member]}  # fmt: skip
+
+    def member_checkpoint(self, member: int) -> dict:
+        """`member` as an ordinary checkpoint of this module with one member: its weights and its own arguments
+        (what `load_from_checkpoint`, evaluate and a test of the best checkpoint read)."""
+        return {
+            "epoch": self.current_epoch,
+            "global_step": self.global_step,
+            "pytorch-lightning_version": pl.__version__,
+            "state_dict": {f"net.{k}": v for k, v in self.net.member_state_dict(member).items()},
+            self.CHECKPOINT_HYPER_PARAMS_NAME: "kwargs",
+            self.CHECKPOINT_HYPER_PARAMS_KEY: self.member_hparams(member),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """Images [B, 1, 28, 28] -> logits [B, classes] of a group of one; [members, B, classes] otherwise."""
+        logits = self.net(x.expand(self.members, *x.shape))
+        return logits[0] if self.members == 1 else logits
 
-    def epoch_rows(self) -> list[dict[str, float]]:
-        """The epoch's logged metrics as a history row (`train/loss` -> `train_loss`)."""
-        metrics = self.trainer.callback_metrics
-        return [{key.replace("/", "_"): float(metrics[key]) for key in HISTORY_KEYS if key in metrics}]
+    def setup(self, stage: str) -> None:
+        # Before a checkpoint restores their states: each member's dropout generator on the trainer's device.
+        has_dropout = any(isinstance(layer, FusedDropout) for layer in self.net.modules())
+        if self.dropout_generators is None and has_dropout:
+            device = self.trainer.strategy.root_device
+            if device.type == "cpu":  # the member's solo run's masks
+                self.dropout_generators = [torch.Generator() for _ in self.dropout_states]
+                for generator, state in zip(self.dropout_generators, self.dropout_states, strict=True):
+                    generator.set_state(state)
+            else:  # solo CUDA dropout is another kernel: a stream of its own, from the member's seed
+                seeds = self.seeds or range(self.members)
+                self.dropout_generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+            self.net.set_dropout_generators(self.dropout_generators)
+
+    def on_fit_start(self) -> None:
+        set_fit_flags(self.device)
+
+    def configure_optimizers(self):
+        # Here the net is on its device. One optimizer of the members' class; each member's parameters form a param
+        # group with its own lr, weight decay, momentum..., so each member's update is the one its solo run makes.
+        self.member_parameters = MemberParameters(self.net, self.members)
+        partials = [instantiate(node) for node in self.optimizer_nodes]
+        groups = [{"params": params, **partial.keywords}
+                  for partial, params in zip(partials, self.member_parameters.members, strict=True)]  # fmt: skip
+        optimizer = partials[0].func(groups, **partials[0].keywords)
+        if not self.hparams.scheduler:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": instantiate(self.hparams.scheduler)(optimizer=optimizer)}
+
+    def on_train_start(self) -> None:
+        # Here the net is on its device and any checkpoint is restored: what a graph records must not move.
+        capture = self.hparams.cuda_graph and self.trainer.world_size == 1  # DDP's gradient sync is not replayable
+        losses = lambda logits, labels: member_losses(logits, labels, self.label_smoothing)  # noqa: E731
+        self.train_step = TrainStep(self.net, losses, self.manual_backward, self.members, self.device, capture)
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        self.train_step(*batch)  # images [members, B, 1, 28, 28], labels [members, B]
+        self.member_parameters.point_gradients(self.active)  # after a capture: the graph's gradient tensors
+        self.optimizers().step()
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self.totals["train"] = self.train_step.take_totals()
+
+    def on_train_epoch_end(self) -> None:
+        # After EpochHistory and MemberOutputs (callbacks run first), before last.ckpt (checkpoint callbacks run
+        # after the module): checkpoints hold the next epoch's lr.
+        if scheduler := self.lr_schedulers():
+            scheduler.step()
 
     def stop_member(self, member: int) -> None:
-        pass  # the only job: EpochHistory stops the run
+        self.active[member] = False
 
-    def test_best(self, trainer: pl.Trainer, datamodule, tested: list[bool]) -> list[BestCheckpoint | None]:
-        """Test the checkpoint with the best validation accuracy, once, on the official test set."""
-        if not tested[0]:
-            return [None]
-        best = trainer.checkpoint_callback  # the monitored callback; last.ckpt has its own
-        trainer.test(self, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
-        return [BestCheckpoint(best.best_model_path, float(best.best_model_score), **self.test_results())]
+    def _take(self, stage: str) -> tuple[list[float], list[float]] | None:
+        """Each member's (mean loss, accuracy) for the stage since the last take, in float32 as torchmetrics
+        computes them: one host sync per epoch."""
+        if stage not in self.totals:  # e.g. no validation this epoch
+            return None
+        totals = self.totals.pop(stage)
+        if self.trainer.world_size > 1:  # each process evaluated its shard
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        return (totals[:, 0] / totals[:, 2]).tolist(), (totals[:, 1] / totals[:, 2]).tolist()
 
-    def test_results(self) -> dict:
-        """The last test pass: accuracy, mean loss, confusion matrix and misclassified images."""
-        return {"test_acc": float(self.metrics["test_best_acc"].compute()),
-                "test_loss": float(self.metrics["test_best_loss"].compute()),
-                "confusion": self.confusion.compute(), "misclassified": self.misclassified_images()}  # fmt: skip
+    def epoch_rows(self) -> list[dict[str, float]]:
+        """Each member's metrics of the epoch that just ended (EpochHistory's rows)."""
+        rows = [{} for _ in range(self.members)]
+        names = {"train": ("train_loss", "train_acc"), "val": ("val_loss", "val_acc"), "test": (None, "test_acc")}
+        for stage, keys in names.items():
+            if (taken := self._take(stage)) is not None:
+                for row, *values in zip(rows, *taken, strict=True):
+                    row.update({key: value for key, value in zip(keys, values, strict=True) if key})
+        return rows
+
+    def _evaluate(self, images: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
+        logits = self.net(images.expand(self.members, *images.shape))  # every member sees the same images
+        losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(self.members), reduction="none")
+        update = tally(losses.view(self.members, -1), logits, labels)
+        self.totals[stage] = self.totals[stage] + update if stage in self.totals else update
+        return logits
+
+    def on_validation_epoch_start(self) -> None:
+        for stage in ("val", "test"):  # the sanity check's batches do not count
+            self.totals.pop(stage, None)
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # Loader 1 is the test set: a curve for the seed's Figure 1, never used for selection.
+        self._evaluate(*batch, ("val", "test")[dataloader_idx])
+
+    def on_test_epoch_start(self) -> None:
+        self.totals.pop("test_best", None)
+        for confusion in self.confusions:
+            confusion.reset()
+        self.misclassified = [[] for _ in range(self.members)]
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        predictions = self._evaluate(images, labels, "test_best").argmax(-1)
+        for confusion, misclassified, prediction in zip(self.confusions, self.misclassified, predictions,
+                                                        strict=True):  # fmt: skip
+            confusion.update(prediction, labels)
+            if sum(len(x) for x in misclassified) < MAX_MISCLASSIFIED:
+                misclassified.append(images[prediction != labels].cpu())
+
+    def test_results(self) -> list[dict]:
+        """The last test pass, per member: accuracy, mean loss, confusion matrix and misclassified images."""
+        losses, accuracies = self._take("test_best")
+        return [{"test_acc": accuracies[n], "test_loss": losses[n], "confusion": self.confusions[n].compute(),
+                 "misclassified": self._misclassified_images(n)} for n in range(self.members)]  # fmt: skip
+
+    def test_best(self, trainer: pl.Trainer, datamodule, best: list[dict | None]) -> list[BestCheckpoint | None]:
+        """Each member's best-by-validation weights in its slot, then one test pass on the official test set for
+        all of them. best: per member {"path", "score"} of its best checkpoint, None for a member not tested."""
+        if not any(best):
+            return [None] * self.members
+        for n, kept in enumerate(best):
+            if kept:
+                checkpoint = torch.load(kept["path"], map_location=self.device, weights_only=True)
+                self.net.load_member(n, {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()})
+        trainer.test(self, datamodule=datamodule, verbose=False)
+        return [BestCheckpoint(kept["path"], kept["score"], **tested) if kept else None
+                for kept, tested in zip(best, self.test_results(), strict=True)]  # fmt: skip
+
+    def _misclassified_images(self, member: int) -> torch.Tensor:
+        images = self.misclassified[member]
+        return torch.cat(images)[:MAX_MISCLASSIFIED] if images else torch.empty(0)
 
     @property
     def uses_cuda_graph(self) -> bool:
         return self.train_step is not None and self.train_step.graph is not None
 
-    def on_fit_start(self) -> None:
-        set_fit_flags(self.device)
-
-    def on_train_start(self) -> None:
-        # Here the net is on its device and any checkpoint is restored: what a graph records must not move.
-        capture = self.hparams.cuda_graph and self.trainer.world_size == 1  # DDP's gradient sync is not replayable
-        self.train_step = TrainStep(self.net, self.manual_backward, self.device, capture,
-                                    self.hparams.get("label_smoothing", 0.0))  # older checkpoints lack it
-
-    def training_step(self, batch, batch_idx: int) -> None:
-        self.train_step(*batch)
-        self.optimizers().step()
-        if batch_idx == 0:
-            self._log_epoch_metrics("train")
-        if batch_idx + 1 == self.trainer.num_training_batches:
-            # One value per epoch, so no weight: MeanMetric(nan_strategy="disable") would drop it anyway
-            # (torchmetrics 1.9, Lightning-AI/torchmetrics#3434).
-            loss_sum, correct, count = self.train_step.take_totals()
-            self.metrics["train_loss"].update(loss_sum / count)
-            self.metrics["train_acc"].update(correct / count)
-
-    def on_train_epoch_end(self) -> None:
-        # After validation and the history row, before ModelCheckpoint: checkpoints hold the next epoch's lr.
-        if scheduler := self.lr_schedulers():
-            scheduler.step()
-
-    def _evaluate(self, batch, batch_idx: int, stage: str) -> torch.Tensor:
-        images, labels = batch
-        logits = self.net(images)
-        # Per-image losses: their mean over the epoch is exact with partial batches, with no host sync.
-        self.metrics[f"{stage}_loss"].update(nn.functional.cross_entropy(logits, labels, reduction="none"))
-        self.metrics[f"{stage}_acc"].update(logits, labels)
-        if batch_idx == 0 and stage != "test_best":  # the best checkpoint's results: lifecycle.py logs them
-            self._log_epoch_metrics(stage)
-        return logits
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        # Lightning keeps a reference to each metric object and computes and resets it at epoch end,
-        # so one call per epoch is enough; calling self.log every step costs ~0.8 ms on the host.
-        for name in ("loss", "acc"):
-            self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], on_step=False, on_epoch=True,
-                     add_dataloader_idx=False)  # fmt: skip
-        if stage != "test":  # the test curve is logged with validation's metrics, at validation's step
-            # A logged "step" is the x of Lightning's logging call: the epoch, as in the study's figures, where
-            # batch counts differ with batch size; and no "epoch" curve of Lightning's own leads TensorBoard.
-            self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, add_dataloader_idx=False)
-
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        # Loader 1 is the test set: a curve for the seed's Figure 1, never used for selection.
-        self._evaluate(batch, batch_idx, ("val", "test")[dataloader_idx])
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        images, labels = batch
-        predictions = self._evaluate(batch, batch_idx, "test_best").argmax(dim=1)
-        self.confusion.update(predictions, labels)
-        if sum(len(x) for x in self.misclassified) < MAX_MISCLASSIFIED:
-            self.misclassified.append(images[predictions != labels].cpu())
-
-    def on_test_epoch_start(self) -> None:
-        for metric in (self.metrics["test_best_loss"], self.metrics["test_best_acc"], self.confusion):
-            metric.reset()
-        self.misclassified = []
-
-    def misclassified_images(self) -> torch.Tensor:
-        return torch.cat(self.misclassified)[:MAX_MISCLASSIFIED] if self.misclassified else torch.empty(0)
-
-    # The global RNG (dropout masks) travels in checkpoints, so a resumed run continues the same random stream.
+    # The random streams travel in checkpoints, so a resumed run draws the same masks: the global generator (a
+    # solo run's dropout) and each fused member's own.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["torch_rng_state"] = torch.get_rng_state()
         if torch.cuda.is_available():
             checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
+        if self.dropout_generators:
+            checkpoint["dropout_generators"] = [g.get_state() for g in self.dropout_generators]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
         if "cuda_rng_state" in checkpoint and torch.cuda.device_count() == len(checkpoint["cuda_rng_state"]):
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng_state"])
-
-    def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
-        if not self.hparams.scheduler:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": instantiate(self.hparams.scheduler)(optimizer=optimizer)}
+        for generator, state in zip(self.dropout_generators or [], checkpoint.get("dropout_generators", []),
+                                    strict=False):  # fmt: skip
+            if state is not None:
+                generator.set_state(state)

@@ -1,8 +1,9 @@
 """Forward and backward of one training batch: eager, or on a GPU recorded once as a CUDA graph and replayed.
 
-A LeNet-5 step is ~50 tiny kernels; on a GPU the time goes to launching them, not running them. A CUDA graph
-launches the whole forward + loss + backward as one unit. The optimizer step stays outside the graph (one
-fused kernel, called through Lightning so its step counting, checkpoints and schedulers stay as they are).
+One step trains every member of a group (a solo run is a group of one). A LeNet-5 step is ~50 tiny kernels; on a
+GPU the time goes to launching them, not running them. A CUDA graph launches the whole forward + loss + backward as
+one unit. The optimizer step stays outside the graph (one fused kernel, called through Lightning so its step
+counting, checkpoints and schedulers stay as they are).
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ WARMUP_STEPS = 3  # eager steps before capture: cuDNN/cuBLAS handles and autogra
 
 
 class TrainStep:
-    """Computes gradients for one batch into the net's `.grad` and adds the batch's loss and hits to `totals`.
+    """Computes gradients for one batch of every member into the net's `.grad` and adds each member's loss and hits
+    to `totals`.
 
-    totals = [sum of per-image training losses (label-smoothed when set), correct predictions, images] since the
-    last `take_totals()`; kept on the device (inside the graph when captured), so no step waits for the host.
-    With `capture`, CUDA batches of the captured shape replay one graph; the first steps and batches of another
-    shape (a partial last batch) run eagerly. Every step computes the same thing either way.
+    images [members, B, 1, 28, 28], labels [members, B]; `losses(logits, labels)` -> [members, B] training losses.
+    totals = [members, 3]: per member the sum of its training losses (label-smoothed when set), correct predictions
+    and images since the last `take_totals()`; kept on the device (inside the graph when captured), so no step waits
+    for the host. With `capture`, CUDA batches of the captured shape replay one graph; the first steps and batches
+    of another shape (a partial last batch) run eagerly. Every step computes the same thing either way.
     """
 
-    def __init__(self, net: nn.Module, backward: Callable[[Tensor], None], device: torch.device, capture: bool,
-                 label_smoothing: float = 0.0):  # fmt: skip
-        self.net, self.backward, self.label_smoothing = net, backward, label_smoothing
+    def __init__(self, net: nn.Module, losses: Callable[[Tensor, Tensor], Tensor],
+                 backward: Callable[[Tensor], None], members: int, device: torch.device, capture: bool):  # fmt: skip
+        self.net, self.losses, self.backward = net, losses, backward
         self.capture = capture and device.type == "cuda"
-        self.totals = torch.zeros(3, device=device)
+        self.totals = torch.zeros(members, 3, device=device)
         self.warmup_steps_done = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: tuple[Tensor, Tensor] | None = None
@@ -58,15 +61,14 @@ class TrainStep:
         return totals
 
     def _forward_backward(self, images: Tensor, labels: Tensor) -> None:
-        # Once a graph exists its gradient tensors must stay: zero them in place instead of dropping them.
-        self.net.zero_grad(set_to_none=self.graph is None)
+        # In place: a graph's gradient tensors must stay, and fused members' gradients are views of these.
+        self.net.zero_grad(set_to_none=False)
         logits = self.net(images)
-        losses = nn.functional.cross_entropy(logits, labels, reduction="none", label_smoothing=self.label_smoothing)
-        self.backward(losses.mean())
+        losses = self.losses(logits, labels)
+        # The sum of the members' mean losses: each member's gradient is that of its own mean loss.
+        self.backward(losses.mean(1).sum())
         with torch.no_grad():
-            self.totals[0] += losses.sum()
-            self.totals[1] += (logits.argmax(dim=1) == labels).sum()
-            self.totals[2] += len(labels)
+            self.totals += tally(losses, logits, labels)
 
     def _warm_up(self, images: Tensor, labels: Tensor) -> None:
         side = torch.cuda.Stream()  # on a side stream, as CUDA graph capture requires
@@ -88,3 +90,9 @@ class TrainStep:
         # the first replay's offset, which then repeats step 0's dropout mask (tests/test_train_step.py).
         torch.cuda.current_stream().wait_stream(capture_stream)
         self.graph_grads = [(p, p.grad) for p in self.net.parameters() if p.grad is not None]
+
+
+def tally(losses: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+    """[members, 3]: each member's loss sum, correct predictions and images in this batch."""
+    correct = (logits.argmax(-1) == labels).sum(-1).to(losses.dtype)
+    return torch.stack([losses.sum(-1), correct, torch.full_like(correct, losses.shape[-1])], dim=1)

@@ -1,11 +1,12 @@
 """`hydra/launcher=fused`: the jobs of a sweep that share one network shape train together as one stacked model.
 
 Every job is composed and checked first. Jobs whose configs are equal but for numbers that can differ per member
-(PER_MEMBER) form a group, up to `max_members`; each group trains in this process as one StackedLeNet5
-(fashion_lenet.group), groups one after another. A group of one, or a job that resumes (`ckpt_path` set), runs
-exactly as the basic launcher runs it (Hydra's run_job); a group that was interrupted continues as one group from
-its own checkpoint. Each member gets the job folder, `.hydra/`, log file, callbacks and JobReturn of a solo job,
-so sweepers (grid, Optuna), summary.md and the report see ordinary jobs. Hydra is used through its public API
+(PER_MEMBER) form a group, up to `max_members`; each group trains in this process as one LeNetModule
+(fashion_lenet.group.train_group, the code that trains a solo run), groups one after another. A group of one is a
+solo job: same files, same numbers; a job that resumes from its own last.ckpt (`ckpt_path` set, or resume=true)
+is one. A group that was interrupted continues as one group from its own checkpoint. Each member gets the job
+folder, `.hydra/`, log file, callbacks and JobReturn of a solo job, so sweepers (grid, Optuna), summary.md and the
+report see ordinary jobs. Hydra is used through its public API
 only (run_job, configure_log, setup_globals, HydraConfig, JobReturn, the context's callbacks and config loader).
 
 Light to import (Hydra imports every hydra_plugins module at start-up): torch loads only when a group trains.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -31,7 +32,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from fashion_lenet import lifecycle
 from fashion_lenet.config import register_resolvers, validate
 from fashion_lenet.errors import ConfigError, UserError
-from fashion_lenet.resume import clear_outputs, fused_group_checkpoint, last_checkpoint, resume_command, resume_mode
+from fashion_lenet.resume import (
+    clear_outputs,
+    fused_group_checkpoint,
+    last_checkpoint,
+    resume_command,
+    resume_mode,
+    solo_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +108,6 @@ def group_jobs(jobs: list[Job], max_members: int) -> list[list[Job]]:
     return [group[i : i + max_members] for group in groups for i in range(0, len(group), max_members)]
 
 
-def _runs_alone(group: list[Job]) -> bool:
-    """A group of one trains as a solo job (Hydra's run_job, train.py), unless it continues a fused group."""
-    return len(group) == 1 and group[0].error is None and not group[0].group_checkpoint
-
-
 def _positive_integer(key: str, value) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"hydra.launcher.{key}={value!r} is not allowed: use an integer >= 1")
@@ -149,7 +152,7 @@ class FusedLauncher(Launcher):
     def _launch_group(self, group: list[Job], number: int, groups: int) -> dict[int, JobReturn]:
         nums = " ".join(f"#{job.num}" for job in group)
         log.info(f"group {number}/{groups}: {len(group)} job{'s' * (len(group) > 1)} ({nums})")
-        returns = {group[0].num: self._run_solo(group[0])} if _runs_alone(group) else self._run_group(group, number)
+        returns = self._run_group(group, number)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
 
@@ -179,10 +182,6 @@ class FusedLauncher(Launcher):
         except ConfigError as error:  # this job fails; the others run (an Optuna trial that drew a bad value)
             job.error = error
         return job
-
-    def _run_solo(self, job: Job) -> JobReturn:
-        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=job.config,
-                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")  # fmt: skip
 
     @staticmethod
     def _start(job: Job) -> JobReturn:
@@ -229,16 +228,25 @@ class FusedLauncher(Launcher):
         from fashion_lenet.group import Member, group_folder, train_group  # torch and Lightning: only now
         from fashion_lenet.jobfiles import job_hparams
 
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         members = [Member(job.resolved, job.output_dir, job_hparams(job.resolved, job.config.hydra.runtime.choices))
                    for job in jobs]  # fmt: skip
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        group = {"id": number, "members": len(jobs), "jobs": [job.num for job in jobs]}
         try:
-            ckpt_path = self._group_checkpoint(jobs)
-            folder = Path(ckpt_path).parent if ckpt_path else group_folder(sweep_dir, members)
-            if not ckpt_path:  # a fresh start: no group checkpoint of an earlier try to continue from by mistake
+            ckpt_path = self._group_checkpoint(jobs)  # an interrupted fused group continues as one
+            if ckpt_path:
+                folder = Path(ckpt_path).parent
+            elif len(jobs) == 1:  # a solo job, as train.py runs it: its last.ckpt in its own checkpoints/
+                task_cfg = jobs[0].task_cfg
+                folder, ckpt_path = None, solo_checkpoint(jobs[0].output_dir, task_cfg.ckpt_path, resume_mode(task_cfg))
+            else:  # a fresh start: no group checkpoint of an earlier try to continue from by mistake
+                folder = group_folder(sweep_dir, members)
                 (folder / "last.ckpt").unlink(missing_ok=True)
-            return train_group(members, group, folder, resume_command(sweep_dir), ckpt_path, self.cuda_graph)
+            if folder is not None:  # how each member finds its group again
+                group = {"id": number, "members": len(jobs), "jobs": [job.num for job in jobs],
+                         "checkpoint": str(folder / "last.ckpt")}  # fmt: skip
+                for member in members:
+                    member.extra["fused_group"] = group
+            return train_group(members, resume_command(sweep_dir), ckpt_path, folder, self.cuda_graph)
         except SystemExit:  # Ctrl-C or SIGTERM: every member's metrics.json says interrupted, the group's last.ckpt
             raise  # stays the last completed epoch's
         except Exception as error:  # e.g. a Trainer option the group cannot take: every member failed
@@ -312,8 +320,6 @@ class _FusedSubmitit(FusedLauncher, BaseSubmititLauncher):
         Singleton.set_state(state)
         setup_globals()
         group = [self._compose(o, num) for o, num in zip(overrides, nums, strict=True)]
-        if _runs_alone(group):
-            return [self._run_solo(group[0])]
         return [self._run_group(group, number)[job.num] for job in group]
 
 
