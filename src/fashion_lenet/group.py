@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from fashion_lenet import lifecycle
+from fashion_lenet import checkpoints, lifecycle
 from fashion_lenet.callbacks import EpochHistory
 from fashion_lenet.data import StackedFashionMNIST
 from fashion_lenet.errors import UserError
@@ -173,7 +173,7 @@ class GroupModule(pl.LightningModule):
             return [None] * self.members
         for n in range(self.members):
             if tested[n]:
-                checkpoint = torch.load(best[n]["path"], map_location=self.device, weights_only=True)
+                checkpoint = checkpoints.load_checkpoint(best[n]["path"], map_location=self.device)
                 self.net.load_member(n, {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()})
         trainer.test(self, datamodule=datamodule, verbose=False)
         losses, accuracies = self._take("test_best")
