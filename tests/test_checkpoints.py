@@ -6,7 +6,7 @@ import stat
 import pytest
 import torch
 
-from fashion_lenet.checkpoints import AtomicCheckpointIO, check_resumable
+from fashion_lenet.checkpoints import AtomicCheckpointIO, check_resumable, load_checkpoint
 from fashion_lenet.errors import UserError
 
 WHAT_TO_DO = "delete it and run again with resume=false"
@@ -31,7 +31,7 @@ def _temporary_files(folder) -> list[str]:
 def test_a_checkpoint_written_atomically_loads_back(tmp_path):
     path = tmp_path / "new" / "folder" / "last.ckpt"  # a folder that does not exist yet
     AtomicCheckpointIO().save_checkpoint(_checkpoint(), path)
-    loaded = torch.load(path, weights_only=False)
+    loaded = load_checkpoint(path)
     assert torch.equal(loaded["state_dict"]["weight"], _checkpoint()["state_dict"]["weight"])
     assert loaded["epoch"] == 0
     assert _temporary_files(path.parent) == []
@@ -56,7 +56,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path):
         checkpoint_io.save_checkpoint(failing, path)
 
     assert path.read_bytes() == before
-    assert torch.load(path, weights_only=False)["epoch"] == 0
+    assert load_checkpoint(path)["epoch"] == 0
     assert _temporary_files(tmp_path) == []
 
 

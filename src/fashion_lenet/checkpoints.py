@@ -1,8 +1,21 @@
-"""Checkpoint files that survive a kill mid-write, and a readable refusal of those that cannot be resumed from."""
+"""Checkpoint files that survive a kill mid-write, are read as data only, and a readable refusal of those that
+cannot be resumed from.
+
+A checkpoint is a pickle, and unpickling a crafted one can call any function. Every load of the project therefore
+goes through torch's weights-only unpickler, which rebuilds tensors and plain containers (dict, list, tuple,
+OrderedDict, str, numbers, None) and refuses everything else before calling it: `load_checkpoint` for the
+project's own loads, `AtomicCheckpointIO.load_checkpoint` for Lightning's (resume, testing the best checkpoint),
+`weights_only=True` where evaluate calls `LeNetModule.load_from_checkpoint`. The project's checkpoints need no type
+beyond torch's own list (hyperparameters are plain dicts, RNG states tensors; tests/test_checkpoint_safety.py loads
+the committed old ones), so none is allowed: a type that ever must be would be named here, with
+`torch.serialization.safe_globals`.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +52,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             temporary.unlink(missing_ok=True)
             raise
 
+    def load_checkpoint(self, path: Any, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Lightning's loads (`trainer.fit(ckpt_path=...)`, `trainer.test(ckpt_path=...)`): weights-only, whatever
+        Lightning passes (it leaves weights_only unset); a file that holds code is refused in one line."""
+        try:
+            return super().load_checkpoint(path, *args, **kwargs, weights_only=True)
+        except pickle.UnpicklingError as error:
+            if code := refused_code(error):
+                raise UserError(f"{path} cannot be loaded (it holds code, not only data: {code}): "
+                                "give a checkpoint this project wrote") from error  # fmt: skip
+            raise
+
 
 def _new_file_mode() -> int:
     """The permissions a plainly created file gets: 0666 less the process's umask."""
@@ -47,17 +71,31 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """A checkpoint file's contents, read by torch's weights-only unpickler: data, never code (see the top)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def refused_code(error: BaseException) -> str | None:
+    """The global ("posix.system") that torch's weights-only unpickler refused to call, when that is why a load
+    failed; None for any other failure (a damaged file also fails there, on a byte it cannot read)."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", str(error))
+    return found.group(1) if found else None
+
+
 def check_resumable(path: str | Path, what_to_do: str) -> None:
     """Raises a one-line UserError unless path is a whole training checkpoint that Lightning can resume from."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path)
     except FileNotFoundError as error:
         raise UserError(f"{path} cannot be resumed from (no such file): {what_to_do}") from error
     # Damaged bytes make torch.load raise almost anything (EOFError, RuntimeError from its zip reader, OSError,
     # UnpicklingError, UnicodeDecodeError, AttributeError...); every one means the same to the user.
     except Exception as error:
-        reason = f"cut short or damaged: {type(error).__name__}"
+        code = refused_code(error)
+        reason = f"it holds code, not only data: {code}" if code else f"cut short or damaged: {type(error).__name__}"
         raise UserError(f"{path} cannot be resumed from ({reason}): {what_to_do}") from error
     if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in LIGHTNING_KEYS):
         raise UserError(f"{path} cannot be resumed from (not a training checkpoint of this project): {what_to_do}")
-

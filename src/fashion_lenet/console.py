@@ -18,7 +18,6 @@ NOISE = (
     (_RANK_ZERO, "💡 Tip:"),  # an advertisement for another logger
     (_RANK_ZERO, "GPU available: False"),  # kept when there is a GPU
     (_RANK_ZERO, "TPU available: False"),
-    ("lightning.pytorch.trainer.connectors.checkpoint_connector", "`weights_only` was not set"),
     ("lightning.fabric.utilities.seed", "Seed set to"),  # the seed is in the config, metrics.json, the job line
     (_RANK_ZERO, "`Trainer.fit` stopped: `max_epochs="),  # the planned end; other reasons to stop still show
     # Testing the best checkpoint (the job's end line says so). A resume still shows "Restored all states from".

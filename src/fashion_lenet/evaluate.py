@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from fashion_lenet.checkpoints import refused_code
 from fashion_lenet.config import PROJECT_ROOT
 from fashion_lenet.console import quiet_lightning
 from fashion_lenet.data import CLASSES, FashionMNISTDataModule
@@ -26,12 +27,14 @@ from fashion_lenet.plots import confusion_matrix_figure, save
 def evaluate(checkpoint: Path, data_root: Path, out: Path, accelerator: str = "auto") -> dict:
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint} does not exist: give a .ckpt file from a run's checkpoints/ folder")
-    try:
-        module = LeNetModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    try:  # weights-only, as every checkpoint load (fashion_lenet.checkpoints): a crafted file runs nothing
+        module = LeNetModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, KeyError, TypeError) as error:
         # torch's and Lightning's messages for these run to many lines; the kind of failure is enough here
+        code = refused_code(error)
+        reason = f"it holds code, not only data: {code}" if code else type(error).__name__
         raise UserError(
-            f"{checkpoint} is not a checkpoint of this project ({type(error).__name__}): "
+            f"{checkpoint} is not a checkpoint of this project ({reason}): "
             "give a .ckpt file from a run's checkpoints/ folder"
         ) from error
     datamodule = FashionMNISTDataModule(str(data_root))

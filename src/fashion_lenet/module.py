@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from fashion_lenet.checkpoints import load_checkpoint
 from fashion_lenet.fused import FusedDropout, FusedLeNet5, MemberParameters
 from fashion_lenet.lifecycle import BestCheckpoint
 from fashion_lenet.train_step import TrainStep, tally
@@ -249,7 +250,7 @@ class LeNetModule(pl.LightningModule):
             return [None] * self.members
         for n, kept in enumerate(best):
             if kept:
-                checkpoint = torch.load(kept["path"], map_location=self.device, weights_only=True)
+                checkpoint = load_checkpoint(kept["path"], map_location=self.device)
                 self.net.load_member(n, {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()})
         trainer.test(self, datamodule=datamodule, verbose=False)
         return [BestCheckpoint(kept["path"], kept["score"], **tested) if kept else None
