@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The whole GPU check of docs/performance.md in one go (about 8 minutes on one H100/H200), most decisive first,
-# so that a run cut short by a time limit has already measured what matters most:
+# The whole GPU check of docs/performance.md in one go (about 8 minutes on one H100/H200 before step 1's fused
+# CUDA-graph tests were added; their six short sweeps are not timed yet), most decisive first, so that a run cut
+# short by a time limit has already measured what matters most:
 #   1. the CUDA-graph tests: "no host sync per training step" (deterministic on and off), runs that repeat,
 #      the first replay's dropout mask with a lagging capture stream (and that test against a TrainStep
-#      without the fix, where it must fail);
+#      without the fix, where it must fail); then a fused group's (tests/test_fused.py -k cuda_graph,
+#      hydra.launcher.cuda_graph=true): its replay follows its eager run over epochs, and repeats to the last digit;
 #   2. fused sweeps (issue 18): the 36-job seed study with hydra/launcher=fused, wall time start-up included
 #      (target: <= 20 s on one H200), and model-steps per second fused vs one job at a time, N = 1, 4, 12, 36;
 #   3. the 12-job study with joblib, timed four ways: the defaults 12 at once (joblib's default on a 16-core
@@ -48,6 +50,7 @@ elif code == pytest.ExitCode.TESTS_FAILED:
 else:
     sys.exit(f"lag test without the wait: exit code {code}; it should have failed")
 EOF
+$PY -m pytest -q tests/test_fused.py -k cuda_graph 2>&1 | tee $OUT/fused_cuda_graph_tests.txt || status=1
 
 # repeat NAME COPIES [OVERRIDES...]: the same dropout run in COPIES processes at once; are their numbers equal?
 repeat() {

@@ -77,3 +77,18 @@ def test_sweep_with_one_bad_value_stops_before_any_job_starts(tmp_path):
     assert result.stderr.startswith("optim.lr=-1 is not allowed: use a number > 0 (job: optim.lr=-1 "), result.stderr
     assert "Traceback" not in result.stderr
     assert not list(sweep_dir.glob("*/.hydra")), "the good job 0 must not have started either"
+
+
+@pytest.mark.parametrize(("override", "refusal"), [
+    ("hydra.launcher.max_members=0", "hydra.launcher.max_members=0 is not allowed: use an integer >= 1"),
+    ("hydra.launcher.n_jobs=-1", "hydra.launcher.n_jobs=-1 is not allowed: use an integer >= 1"),
+    ("hydra.launcher.cuda_graph=maybe", "hydra.launcher.cuda_graph='maybe' is not allowed: use true or false"),
+])  # fmt: skip
+def test_a_bad_value_of_the_fused_launchers_own_keys_stops_the_sweep_in_one_line(tmp_path, override, refusal):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("train.py", "-m", "hydra/launcher=fused", override, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode != 0
+    # the refusal alone (and Hydra's HYDRA_FULL_ERROR hint), not framed by Hydra's "Error in call to target"
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    assert lines == [refusal], result.stderr
+    assert "full_key" not in result.stderr and not sweep_dir.exists()  # refused before any job

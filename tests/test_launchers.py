@@ -95,6 +95,14 @@ def test_inside_a_slurm_job_lightning_keeps_slurm_ranks_but_not_its_own_requeue(
     assert isinstance(inside, SLURMEnvironment) and inside.auto_requeue is False
 
 
+def test_the_slurm_tests_fail_on_ci_when_their_cluster_cannot_start_and_skip_elsewhere():
+    """CI runs as root with apt-get, where tests/test_slurm.py's cluster starts: a skip there would hide a break."""
+    from slurm_cluster import must_start
+
+    assert [must_start({"CI": value}) for value in ("true", "1", "yes", "TRUE")] == [True] * 4
+    assert [must_start(env) for env in ({}, {"CI": ""}, {"CI": "false"}, {"CI": "False"}, {"CI": "0"})] == [False] * 5
+
+
 def _placements(sweep_dir, jobs: int) -> list[dict]:
     return [json.loads((sweep_dir / str(job) / "metrics.json").read_text())["placement"] for job in range(jobs)]
 

@@ -73,6 +73,8 @@ def test_resumed_run_ends_exactly_like_the_uninterrupted_one(make_cfg, tmp_path)
         warnings.simplefilter("always")
         resumed = train(compose_job([*common, "trainer.max_epochs=3", "ckpt_path=last"], resumed_dir))
     assert _numbers(resumed) == _numbers(straight)
+    # Loaded, not trained again: epoch 0's row is the first run's, its timings too (a retrain cannot repeat those)
+    assert resumed["history"][0] == first["history"][0] and [row["epoch"] for row in resumed["history"]] == [0, 1, 2]
     assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # its own checkpoints are no news
 
 

@@ -52,11 +52,14 @@ def test_a_grid_sweep_stopped_in_job_2_resumes_without_training_job_1_again(tmp_
     second = tmp_path / "1" / "checkpoints" / "last.ckpt"
     assert _stop_when(GRID, second.exists, tmp_path, settle=0.5) == 143  # inside job 2's second epoch
     assert _metrics(tmp_path / "1")["status"] == "interrupted" and not (tmp_path / "2").exists()
-    first_job = _files(tmp_path / "0")
+    first_job, epoch_0 = _files(tmp_path / "0"), _metrics(tmp_path / "1")["history"][0]
 
     result = run_cli("train.py", "-m", *GRID, f"hydra.sweep.dir={tmp_path}", "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
     assert _files(tmp_path / "0") == first_job  # completed: kept byte for byte, not retrained
+    # job 2 continued from its checkpoint, not from scratch: epoch 0's row, timings too, is the interrupted run's
+    resumed = _metrics(tmp_path / "1")["history"]
+    assert resumed[0] == epoch_0 and [row["epoch"] for row in resumed] == [0, 1]
     straight = train(compose_job([*GRID[2:], "optim.lr=2e-3"], tmp_path_factory.mktemp("straight")))  # uninterrupted
     assert _numbers(_metrics(tmp_path / "1")) == _numbers(straight)
     assert _metrics(tmp_path / "1")["test_acc"] == straight["test_acc"]
@@ -87,10 +90,12 @@ def test_an_interrupted_fused_group_resumes_as_one_group_with_its_uninterrupted_
     fused = ["hydra/launcher=fused", *GRID[1:]]
     group_checkpoint = tmp_path / "fused_groups" / "0" / "last.ckpt"
     assert _stop_when(fused, group_checkpoint.exists, tmp_path, settle=0.5) == 143  # inside the second epoch
+    epoch_0 = {}
     for job in range(3):  # every member says so, and points at the group's checkpoint
         metrics = _metrics(tmp_path / str(job))
         assert metrics["status"] == "interrupted" and len(metrics["history"]) == 1
         assert metrics["fused_group"]["checkpoint"] == str(group_checkpoint)
+        epoch_0[job] = metrics["history"][0]
     solo = run_cli("train.py", "-m", *GRID, f"hydra.sweep.dir={tmp_path}", "resume=true")  # not without its group
     assert solo.returncode != 0 and "was interrupted as a member of a fused group" in solo.stderr
 
@@ -101,6 +106,7 @@ def test_an_interrupted_fused_group_resumes_as_one_group_with_its_uninterrupted_
     for job in range(3):  # bit for bit what the group computes when nothing stops it
         resumed, reference = _metrics(tmp_path / str(job)), _metrics(straight / str(job))
         assert resumed["status"] == "completed" and resumed["fused_group"]["members"] == 3
+        assert resumed["history"][0] == epoch_0[job]  # from the group checkpoint: timings no retrain repeats
         assert _numbers(resumed) == _numbers(reference)
         assert resumed["test_acc"] == reference["test_acc"]
 

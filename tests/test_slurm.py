@@ -28,6 +28,8 @@ def slurm(tmp_path_factory) -> dict[str, str]:
     try:
         env = slurm_cluster.start(state)
     except slurm_cluster.ClusterUnavailable as reason:
+        if slurm_cluster.must_start():
+            pytest.fail(f"no Slurm cluster on CI (CI={os.environ['CI']}), where one must start: {reason}")
         pytest.skip(f"no Slurm cluster here: {reason}")
     yield env
     slurm_cluster.stop(state)

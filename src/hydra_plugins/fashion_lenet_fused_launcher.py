@@ -114,18 +114,25 @@ def _positive_integer(key: str, value) -> int:
     return value
 
 
+def _check_keys(launcher: FusedLauncher) -> None:
+    """In setup, not __init__: Hydra wraps an error raised while it instantiates a launcher in three more lines."""
+    _positive_integer("max_members", launcher.max_members)
+    _positive_integer("n_jobs", launcher.n_jobs)
+    if not isinstance(launcher.cuda_graph, bool):
+        raise ConfigError(f"hydra.launcher.cuda_graph={launcher.cuda_graph!r} is not allowed: use true or false")
+
+
 class FusedLauncher(Launcher):
     def __init__(self, max_members: int = 36, n_jobs: int = 1, cuda_graph: bool = False):
-        self.max_members = _positive_integer("max_members", max_members)
-        self.n_jobs = _positive_integer("n_jobs", n_jobs)  # > 1: groups in that many worker processes at once
-        if not isinstance(cuda_graph, bool):
-            raise ConfigError(f"hydra.launcher.cuda_graph={cuda_graph!r} is not allowed: use true or false")
+        self.max_members = max_members  # checked in setup (_check_keys)
+        self.n_jobs = n_jobs  # > 1: groups in that many worker processes at once
         self.cuda_graph = cuda_graph  # the fused step as a CUDA graph (with the job's cuda_graph): not run on a GPU yet
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        _check_keys(self)  # before any job: Hydra's sweepers set their launcher up first
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
