@@ -125,13 +125,6 @@ def test_checkpoints_of_earlier_versions_load_as_data(name):
         check_resumable(path, "unused")
 
 
-@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # it was written in another folder
-def test_a_solo_run_of_an_earlier_version_resumes(make_cfg):
-    metrics = train(make_cfg(*TINY, "trainer.max_epochs=2", f"ckpt_path={LEGACY / 'solo_last.ckpt'}"))
-    assert metrics["status"] == "completed"
-    assert [row["epoch"] for row in metrics["history"]] == [0, 1]  # epoch 0 from the checkpoint, epoch 1 trained
-
-
 def test_a_member_best_checkpoint_of_an_earlier_version_evaluates(data_root, tmp_path):
     result = evaluate(LEGACY / "member_best.ckpt", data_root, tmp_path, accelerator="cpu")
     # 0.478 on the first 3,000 test images when it was written (README.md there); this is all 10,000

@@ -90,6 +90,10 @@ def run(trainer: pl.Trainer, module: LeNetModule, datamodule: pl.LightningDataMo
         with warnings.catch_warnings():
             if ckpt_path:  # resuming: the run's folder holds its own checkpoints, nothing to warn about
                 warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+                # A solo checkpoint written before solo runs were groups of one holds the state of the job's
+                # monitored ModelCheckpoint, now MemberOutputs' work (its best so far is read from the history).
+                warnings.filterwarnings("ignore", r"Be aware that when using `ckpt_path`.*following callbacks: "
+                                        r"\[\"ModelCheckpoint\{'monitor': '[^']+'[^\]]*\]\.$")  # fmt: skip
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SystemExit as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
         for job, rows in zip(jobs, history.histories, strict=True):
