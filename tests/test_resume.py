@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import optuna
-from conftest import TINY, run_cli
+import pytest
+from conftest import TINY, run_cli, tensorboard_run
 
+from fashion_lenet.checkpoints import load_checkpoint
 from fashion_lenet.config import PROJECT_ROOT, compose_job
 from train import train
 
@@ -32,8 +34,8 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _stop_when(command: list[str], ready, sweep_dir: Path, settle: float = 0.0) -> int:
-    """Start a sweep, send it SIGTERM `settle` seconds after ready() holds, return its exit status."""
+def _stop_when(command: list[str], ready, sweep_dir: Path, settle: float = 0.0, stop=signal.SIGTERM) -> int:
+    """Start a sweep, send it `stop` `settle` seconds after ready() holds, return its exit status."""
     process = subprocess.Popen([sys.executable, "train.py", "-m", *command, f"hydra.sweep.dir={sweep_dir}"],
                                cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 600
@@ -42,7 +44,7 @@ def _stop_when(command: list[str], ready, sweep_dir: Path, settle: float = 0.0) 
             time.sleep(0.1)
         assert ready(), "the sweep ended or timed out before the point to stop it"
         time.sleep(settle)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         return process.wait(timeout=120)
     finally:
         process.kill()  # never leave a sweep behind when the test fails
@@ -86,10 +88,34 @@ def test_resume_refuses_another_configuration_or_a_folder_without_a_sweep(tmp_pa
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_an_interrupted_fused_group_resumes_as_one_group_with_its_uninterrupted_numbers(tmp_path):
-    fused = ["hydra/launcher=fused", *GRID[1:]]
+FUSED = ["hydra/launcher=fused", *GRID[1:]]  # the three jobs as one group
+
+
+@pytest.fixture(scope="module")
+def straight_group(tmp_path_factory) -> Path:
+    """The fused group's sweep when nothing stops it: what every interrupted one must end with."""
+    straight = tmp_path_factory.mktemp("straight")
+    assert run_cli("train.py", "-m", *FUSED, f"hydra.sweep.dir={straight}").returncode == 0
+    return straight
+
+
+def _assert_resumed_group_ends_as_the_straight_one(sweep: Path, straight: Path, epoch_0: dict[int, dict]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for job in range(3):  # bit for bit what the group computes when nothing stops it
+        resumed, reference = _metrics(sweep / str(job)), _metrics(straight / str(job))
+        assert resumed["status"] == "completed" and resumed["fused_group"]["members"] == 3
+        assert resumed["history"][0] == epoch_0[job]  # from the group checkpoint: timings no retrain repeats
+        assert _numbers(resumed) == _numbers(reference)
+        assert resumed["test_acc"] == reference["test_acc"]
+        events = EventAccumulator(str(tensorboard_run(sweep / str(job))))
+        events.Reload()
+        assert [event.step for event in events.Scalars("val/acc")] == [0, 1]  # each epoch once
+
+
+def test_an_interrupted_fused_group_resumes_as_one_group_with_its_uninterrupted_numbers(tmp_path, straight_group):
     group_checkpoint = tmp_path / "fused_groups" / "0" / "last.ckpt"
-    assert _stop_when(fused, group_checkpoint.exists, tmp_path, settle=0.5) == 143  # inside the second epoch
+    assert _stop_when(FUSED, group_checkpoint.exists, tmp_path, settle=0.5) == 143  # inside the second epoch
     epoch_0 = {}
     for job in range(3):  # every member says so, and points at the group's checkpoint
         metrics = _metrics(tmp_path / str(job))
@@ -99,16 +125,23 @@ def test_an_interrupted_fused_group_resumes_as_one_group_with_its_uninterrupted_
     solo = run_cli("train.py", "-m", *GRID, f"hydra.sweep.dir={tmp_path}", "resume=true")  # not without its group
     assert solo.returncode != 0 and "was interrupted as a member of a fused group" in solo.stderr
 
-    result = run_cli("train.py", "-m", *fused, f"hydra.sweep.dir={tmp_path}", "resume=true")
+    result = run_cli("train.py", "-m", *FUSED, f"hydra.sweep.dir={tmp_path}", "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
-    straight = tmp_path / "straight"
-    assert run_cli("train.py", "-m", *fused, f"hydra.sweep.dir={straight}").returncode == 0
-    for job in range(3):  # bit for bit what the group computes when nothing stops it
-        resumed, reference = _metrics(tmp_path / str(job)), _metrics(straight / str(job))
-        assert resumed["status"] == "completed" and resumed["fused_group"]["members"] == 3
-        assert resumed["history"][0] == epoch_0[job]  # from the group checkpoint: timings no retrain repeats
-        assert _numbers(resumed) == _numbers(reference)
-        assert resumed["test_acc"] == reference["test_acc"]
+    _assert_resumed_group_ends_as_the_straight_one(tmp_path, straight_group, epoch_0)
+
+
+def test_a_fused_group_killed_outright_resumes_as_one_group_from_its_last_epoch(tmp_path, straight_group):
+    """kill -9: no member writes anything more; each finds its group through what the group wrote at its start."""
+    group_checkpoint = tmp_path / "fused_groups" / "0" / "last.ckpt"
+    assert _stop_when(FUSED, group_checkpoint.exists, tmp_path, settle=0.5, stop=signal.SIGKILL) == -signal.SIGKILL
+    assert not any((tmp_path / str(job) / "metrics.json").exists() for job in range(3))
+    history = load_checkpoint(group_checkpoint)["callbacks"]["EpochHistory"]["histories"]
+    assert [len(rows) for rows in history] == [1, 1, 1]  # killed in the second epoch
+
+    result = run_cli("train.py", "-m", *FUSED, f"hydra.sweep.dir={tmp_path}", "resume=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in result.stderr + result.stdout
+    _assert_resumed_group_ends_as_the_straight_one(tmp_path, straight_group, {n: history[n][0] for n in range(3)})
 
 
 def test_a_damaged_last_checkpoint_is_refused_in_one_line_and_retry_trains_the_job_again(tmp_path):

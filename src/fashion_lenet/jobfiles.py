@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 METRICS_FILE = "metrics.json"
+FUSED_GROUP_FILE = "fused_group.json"  # a fused group's member: the group, written when it starts (resume.py)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -115,11 +116,16 @@ def best_checkpoint_results(history: list[dict], best_val_acc: float, best_check
     }
 
 
-def read_metrics(job_dir: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON file's contents; None when it is missing or unreadable."""
     try:
-        return json.loads((Path(job_dir) / METRICS_FILE).read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def read_metrics(job_dir: Path) -> dict | None:
+    return read_json(Path(job_dir) / METRICS_FILE)
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_lenet.errors import ConfigError, UserError
-from fashion_lenet.jobfiles import METRICS_FILE, job_dirs, read_metrics
+from fashion_lenet.jobfiles import FUSED_GROUP_FILE, METRICS_FILE, job_dirs, read_json, read_metrics
 from fashion_lenet.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_key
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,9 @@ KEPT = {True: ("completed", "failed", "diverged"), "retry": ("completed",)}  # p
 
 
 def _outputs(folder: Path) -> list[Path]:
-    """What a retried job starts again without: checkpoints, metrics.json, its TensorBoard run."""
+    """What a retried job starts again without: checkpoints, metrics.json, its group, its TensorBoard run."""
     runs = {events.parent for events in folder.glob("*/events.out.tfevents.*")}
-    return [folder / "checkpoints", folder / METRICS_FILE, *sorted(runs)]
+    return [folder / "checkpoints", folder / METRICS_FILE, folder / FUSED_GROUP_FILE, *sorted(runs)]
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -124,11 +124,13 @@ def last_checkpoint(output_dir: Path, mode: bool | str) -> str | None:
 
 
 def fused_group_checkpoint(output_dir: Path) -> str | None:
-    """The group checkpoint a job interrupted as a member of a fused group continues from (with its group)."""
-    metrics = read_metrics(output_dir) or {}
-    if metrics.get("status") != "interrupted":
+    """The group checkpoint a job stopped as a member of a fused group continues from (with its group): named in
+    the job's fused_group.json, written when the group started, so a member killed outright (no metrics.json)
+    finds its group as surely as one that says `interrupted`."""
+    if (read_metrics(output_dir) or {}).get("status") not in (None, "interrupted"):
         return None
-    return (metrics.get("fused_group") or {}).get("checkpoint")
+    group = read_json(Path(output_dir) / FUSED_GROUP_FILE) or {}
+    return group.get("checkpoint")
 
 
 def solo_checkpoint(output_dir: Path, ckpt_path: str | None, mode: bool | str) -> str | None:

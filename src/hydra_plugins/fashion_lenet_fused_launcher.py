@@ -233,7 +233,7 @@ class FusedLauncher(Launcher):
     def _train(self, jobs: list[Job], number: int) -> list[dict | Exception]:
         """Each job's metrics.json content, or the exception that ended the group."""
         from fashion_lenet.group import Member, group_folder, train_group  # torch and Lightning: only now
-        from fashion_lenet.jobfiles import job_hparams
+        from fashion_lenet.jobfiles import FUSED_GROUP_FILE, job_hparams, write_json_atomic
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         members = [Member(job.resolved, job.output_dir, job_hparams(job.resolved, job.config.hydra.runtime.choices))
@@ -248,11 +248,12 @@ class FusedLauncher(Launcher):
             else:  # a fresh start: no group checkpoint of an earlier try to continue from by mistake
                 folder = group_folder(sweep_dir, members)
                 (folder / "last.ckpt").unlink(missing_ok=True)
-            if folder is not None:  # how each member finds its group again
+            if folder is not None:  # how each member finds its group again, even if the group is killed outright
                 group = {"id": number, "members": len(jobs), "jobs": [job.num for job in jobs],
                          "checkpoint": str(folder / "last.ckpt")}  # fmt: skip
                 for member in members:
                     member.extra["fused_group"] = group
+                    write_json_atomic(member.output_dir / FUSED_GROUP_FILE, group)
             return train_group(members, resume_command(sweep_dir), ckpt_path, folder, self.cuda_graph)
         except SystemExit:  # Ctrl-C or SIGTERM: every member's metrics.json says interrupted, the group's last.ckpt
             raise  # stays the last completed epoch's
