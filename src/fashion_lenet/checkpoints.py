@@ -1,5 +1,5 @@
 """Checkpoint files that survive a kill mid-write, are read as data only, and a readable refusal of those that
-cannot be resumed from.
+cannot be resumed from; the checkpoint a solo run continues from (`solo_checkpoint`).
 
 A checkpoint is a pickle, and unpickling a crafted one can call any function. Every load of the project therefore
 goes through torch's weights-only unpickler, which rebuilds tensors and plain containers (dict, list, tuple,
@@ -13,6 +13,7 @@ the committed old ones), so none is allowed: a type that ever must be would be n
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -23,7 +24,10 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from fashion_lenet.errors import UserError
+from fashion_lenet.errors import ConfigError, UserError
+from fashion_lenet.resume import clear_outputs, fused_group_checkpoint, last_checkpoint
+
+log = logging.getLogger(__name__)
 
 LIGHTNING_KEYS = ("state_dict", "loops")  # what every checkpoint Lightning's Trainer writes holds
 
@@ -99,3 +103,28 @@ def check_resumable(path: str | Path, what_to_do: str) -> None:
         raise UserError(f"{path} cannot be resumed from ({reason}): {what_to_do}") from error
     if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in LIGHTNING_KEYS):
         raise UserError(f"{path} cannot be resumed from (not a training checkpoint of this project): {what_to_do}")
+
+
+def solo_checkpoint(output_dir: Path, ckpt_path: str | None, mode: bool | str) -> str | None:
+    """The checkpoint a solo run continues from (`ckpt_path`, or with `resume` its folder's last.ckpt), checked.
+
+    A damaged last.ckpt is refused in one line, or with resume=retry set aside: the job trains again.
+    """
+    output_dir = Path(output_dir)
+    if ckpt_path is None and mode and fused_group_checkpoint(output_dir):
+        raise ConfigError(f"resume={mode}: {output_dir} was interrupted as a member of a fused group; resume the "
+                          "sweep with the launcher it ran with (hydra/launcher=fused)")  # fmt: skip
+    resuming = ckpt_path is None
+    ckpt_path = ckpt_path or last_checkpoint(output_dir, mode)
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
+    if path is None or path == "hpc" or "://" in str(path) or not Path(path).is_file():
+        return ckpt_path  # nothing to resume, or a checkpoint Lightning finds or fetches itself
+    try:
+        check_resumable(path, "resume=retry trains the job again" if resuming else "give another ckpt_path")
+    except UserError:
+        if not (resuming and mode == "retry"):
+            raise
+        log.warning(f"{path} is damaged: resume=retry trains the job in {output_dir} again")
+        clear_outputs(output_dir)
+        return None
+    return ckpt_path

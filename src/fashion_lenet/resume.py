@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fashion_lenet.errors import ConfigError, UserError
+from fashion_lenet.errors import ConfigError
 from fashion_lenet.jobfiles import FUSED_GROUP_FILE, METRICS_FILE, job_dirs, read_json, read_metrics
 from fashion_lenet.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_key
 
@@ -131,33 +131,6 @@ def fused_group_checkpoint(output_dir: Path) -> str | None:
         return None
     group = read_json(Path(output_dir) / FUSED_GROUP_FILE) or {}
     return group.get("checkpoint")
-
-
-def solo_checkpoint(output_dir: Path, ckpt_path: str | None, mode: bool | str) -> str | None:
-    """The checkpoint a solo run continues from (`ckpt_path`, or with `resume` its folder's last.ckpt), checked.
-
-    A damaged last.ckpt is refused in one line, or with resume=retry set aside: the job trains again.
-    """
-    from fashion_lenet.checkpoints import check_resumable  # torch: in the job's process only
-
-    output_dir = Path(output_dir)
-    if ckpt_path is None and mode and fused_group_checkpoint(output_dir):
-        raise ConfigError(f"resume={mode}: {output_dir} was interrupted as a member of a fused group; resume the "
-                          "sweep with the launcher it ran with (hydra/launcher=fused)")  # fmt: skip
-    resuming = ckpt_path is None
-    ckpt_path = ckpt_path or last_checkpoint(output_dir, mode)
-    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
-    if path is None or path == "hpc" or "://" in str(path) or not Path(path).is_file():
-        return ckpt_path  # nothing to resume, or a checkpoint Lightning finds or fetches itself
-    try:
-        check_resumable(path, "resume=retry trains the job again" if resuming else "give another ckpt_path")
-    except UserError:
-        if not (resuming and mode == "retry"):
-            raise
-        log.warning(f"{path} is damaged: resume=retry trains the job in {output_dir} again")
-        clear_outputs(output_dir)
-        return None
-    return ckpt_path
 
 
 def clear_outputs(folder: Path) -> None:

@@ -38,7 +38,6 @@ from fashion_lenet.resume import (
     last_checkpoint,
     resume_command,
     resume_mode,
-    solo_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -232,6 +231,7 @@ class FusedLauncher(Launcher):
 
     def _train(self, jobs: list[Job], number: int) -> list[dict | Exception]:
         """Each job's metrics.json content, or the exception that ended the group."""
+        from fashion_lenet.checkpoints import solo_checkpoint
         from fashion_lenet.group import Member, group_folder, train_group  # torch and Lightning: only now
         from fashion_lenet.jobfiles import FUSED_GROUP_FILE, job_hparams, write_json_atomic
 
