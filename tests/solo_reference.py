@@ -38,7 +38,7 @@ def where() -> dict:
     """What bit-for-bit numbers depend on."""
     import torch
 
-    from fashion_lenet.jobfiles import cpu_model
+    from fashion_lenet.lifecycle import cpu_model
 
     return {"cpu": cpu_model(), "threads": 1, "torch": torch.__version__}
 

@@ -69,23 +69,6 @@ def job_hparams(cfg: DictConfig, choices) -> dict:
     }
 
 
-def device_name(device) -> str:
-    """The GPU's name, or the CPU's model and thread count: where a run's numbers repeat bit for bit."""
-    import torch  # here: a sweep's launcher imports this module and leaves torch to the jobs
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads, {cpu_model()})"
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):  # not Linux, or no model line
-        return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def outcome(metrics: dict | None) -> str:
     """A job's end, in words: `completed in 41 s: best epoch 9, val acc 90.12%, test acc 89.80% (best checkpoint)`."""
     metrics = metrics or {"status": "incomplete"}
@@ -97,23 +80,6 @@ def outcome(metrics: dict | None) -> str:
     if metrics["status"] == "diverged":
         return f"diverged in epoch {len(metrics['history']) - 1}: the training loss stopped being finite"
     return f"{metrics['status']}: {metrics['error']}" if metrics.get("error") else metrics["status"]
-
-
-def best_checkpoint_results(history: list[dict], best_val_acc: float, best_checkpoint: str, test_acc: float,
-                            test_loss: float, confusion) -> dict:  # fmt: skip
-    """metrics.json's account of the best-by-validation checkpoint, tested once on the official test set."""
-    from fashion_lenet.data import CLASSES
-
-    confusion = confusion.cpu()
-    return {
-        "best_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
-        "best_val_acc": best_val_acc,
-        "test_acc": test_acc,
-        "test_loss": test_loss,
-        "per_class_test_acc": dict(zip(CLASSES, (confusion.diag() / confusion.sum(1)).tolist(), strict=True)),
-        "confusion_matrix": confusion.tolist(),
-        "best_checkpoint": best_checkpoint,
-    }
 
 
 def read_json(path: Path) -> dict | None:

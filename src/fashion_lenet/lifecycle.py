@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,13 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from fashion_lenet import placement
 from fashion_lenet.errors import DivergedError
-from fashion_lenet.jobfiles import (
-    METRICS_FILE,
-    best_checkpoint_results,
-    device_name,
-    library_versions,
-    write_json_atomic,
-)
+from fashion_lenet.jobfiles import METRICS_FILE, library_versions, write_json_atomic
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -135,6 +130,40 @@ def _log_test_results(logger: Logger, hparams: dict, metrics: dict, best: BestCh
     if hasattr(logger, "experiment") and hasattr(logger.experiment, "add_figure"):  # TensorBoard's writer
         log_test_figures(logger.experiment, best.confusion, best.misclassified)
     logger.finalize("success")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and thread count: where a run's numbers repeat bit for bit."""
+    import torch  # here: train.py and the fused launcher import this module before torch is needed
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads, {cpu_model()})"
+
+
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux, or no model line
+        return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def best_checkpoint_results(history: list[dict], best_val_acc: float, best_checkpoint: str, test_acc: float,
+                            test_loss: float, confusion: torch.Tensor) -> dict:  # fmt: skip
+    """metrics.json's account of the best-by-validation checkpoint, tested once on the official test set."""
+    from fashion_lenet.data import CLASSES
+
+    confusion = confusion.cpu()
+    return {
+        "best_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
+        "best_val_acc": best_val_acc,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "per_class_test_acc": dict(zip(CLASSES, (confusion.diag() / confusion.sum(1)).tolist(), strict=True)),
+        "confusion_matrix": confusion.tolist(),
+        "best_checkpoint": best_checkpoint,
+    }
 
 
 def result(metrics: dict) -> float:
