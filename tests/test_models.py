@@ -4,7 +4,8 @@ from hydra.utils import instantiate
 from torch import nn
 
 from fashion_lenet.batchnorm import ManualBatchNorm2d
-from fashion_lenet.models import LeNet5
+from fashion_lenet.config import BN_IMPL_CHOICES, NORM_CHOICES
+from fashion_lenet.models import BN_IMPLS, LeNet5
 
 # conv1 156 + conv2 2,416 + fc1 30,840 + fc2 10,164 + fc3 850; BatchNorm adds 2 × (6 + 16)
 VARIANTS = {"baseline": 44_426, "dropout": 44_426, "dropout2": 44_426, "bn_pre": 44_470, "bn_post": 44_470}
@@ -23,6 +24,16 @@ def test_batch_norm_sits_before_or_after_relu():
     assert pre[:4] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
     assert post[:4] == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d, nn.MaxPool2d]
     assert any(isinstance(m, ManualBatchNorm2d) for m in LeNet5(norm="pre", bn_impl="manual").modules())
+
+
+def test_the_config_allows_exactly_the_norms_and_batch_norms_the_network_builds():
+    """config.py lists them itself, so that the launcher's config checks need not import torch."""
+    assert set(BN_IMPL_CHOICES) == set(BN_IMPLS)
+    for norm in NORM_CHOICES:
+        for bn_impl in BN_IMPL_CHOICES:
+            assert LeNet5(norm=norm, bn_impl=bn_impl)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    with pytest.raises(KeyError):
+        LeNet5(norm="layer")
 
 
 def test_dropout_follows_fc2_or_both_hidden_layers():

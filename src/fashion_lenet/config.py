@@ -27,6 +27,8 @@ def register_resolvers() -> None:
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's choices
+NORM_CHOICES = ("none", "pre", "post")  # where models.lenet5 puts BatchNorm: nowhere, before or after the ReLU
+BN_IMPL_CHOICES = ("torch", "manual")  # models.BN_IMPLS' keys (tests/test_models.py holds them equal)
 
 
 def _number(value: Any) -> bool:
@@ -51,12 +53,7 @@ def _checkpoint(value: Any) -> bool:
 
 
 def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
-    """(key, test, what is allowed). Keys missing from a config (e.g. momentum for Adam) are skipped.
-
-    A function: a sweep's launcher imports this module, and should not import torch (through models) with it.
-    """
-    from fashion_lenet.models import BN_IMPLS, NORM_CHOICES
-
+    """(key, test, what is allowed). Keys missing from a config (e.g. momentum for Adam) are skipped."""
     return [
         ("seed", *_integer_from(0)),
         ("threads", lambda v: v is None or (_integer(v) and v >= 1), "null (torch's default) or an integer >= 1"),
@@ -71,7 +68,7 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("model.dropout_p", *_BELOW_ONE),
         ("model.dropout_layers", lambda v: v in (0, 1, 2) and _integer(v), "0, 1 or 2"),
         ("model.norm", lambda v: v in NORM_CHOICES, " or ".join(NORM_CHOICES)),
-        ("model.bn_impl", lambda v: v in BN_IMPLS, " or ".join(BN_IMPLS)),
+        ("model.bn_impl", lambda v: v in BN_IMPL_CHOICES, " or ".join(BN_IMPL_CHOICES)),
         ("data.batch_size", *_integer_from(1)),
         ("data.eval_batch_size", *_integer_from(1)),
         ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),

@@ -12,8 +12,7 @@ from torch import Tensor, nn
 
 from fashion_lenet.batchnorm import ManualBatchNorm2d
 
-NORM_CHOICES = ("none", "pre", "post")
-BN_IMPLS = {"torch": nn.BatchNorm2d, "manual": ManualBatchNorm2d}
+BN_IMPLS = {"torch": nn.BatchNorm2d, "manual": ManualBatchNorm2d}  # the keys config.BN_IMPL_CHOICES allows
 
 
 class TorchLayers:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
 
 MULTIRUN_FILE = "multirun.yaml"
+STUDY_FILE = "optuna.db"  # an Optuna search's study: conf/hydra/sweeper/resumable_optuna.yaml's storage
 HOW_TO_CONTINUE = ("resume", "ckpt_path")  # how a run is continued, not what it trains
 MAX_RUN_NAME = 200  # characters: a folder name (255 bytes on most filesystems)
 

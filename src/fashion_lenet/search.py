@@ -19,9 +19,7 @@ import yaml
 
 from fashion_lenet.errors import UserError
 from fashion_lenet.jobfiles import job_dirs, read_metrics
-from fashion_lenet.naming import MULTIRUN_FILE
-
-STUDY_FILE = "optuna.db"  # conf/hydra/sweeper/resumable_optuna.yaml's storage
+from fashion_lenet.naming import MULTIRUN_FILE, STUDY_FILE
 
 
 def load_study(sweep_dir: Path):

@@ -21,8 +21,7 @@ from fashion_lenet import resume
 from fashion_lenet.config import validate
 from fashion_lenet.console import quiet_launcher
 from fashion_lenet.errors import ConfigError, UserError
-from fashion_lenet.naming import MULTIRUN_FILE
-from fashion_lenet.search import STUDY_FILE
+from fashion_lenet.naming import MULTIRUN_FILE, STUDY_FILE
 from fashion_lenet.summary import print_sweep_summary
 
 log = logging.getLogger(__name__)
