@@ -26,13 +26,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 data: $(STAMP) ## put Fashion-MNIST in data/ (Debian package, else torchvision's download) and verify it
-	@if ! $(PY) -m fashion_lenet.data --check >/dev/null 2>&1 && [ ! -f $(DEBIAN_DATA) ] && command -v apt-get >/dev/null; then \
+	@if ! $(PY) -m fashion_lenet.training.data --check >/dev/null 2>&1 && [ ! -f $(DEBIAN_DATA) ] && command -v apt-get >/dev/null; then \
 		echo "installing the Debian package dataset-fashion-mnist (waits up to $(APT_LOCK_WAIT) s for another apt/dpkg to finish)"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		($$SUDO apt-get $(APT_WAIT) update -qq && $$SUDO apt-get $(APT_WAIT) install -y -qq dataset-fashion-mnist) \
 			|| echo "apt-get failed; falling back to torchvision's download"; \
 	fi
-	$(PY) -m fashion_lenet.data
+	$(PY) -m fashion_lenet.training.data
 
 train: install ## train the 15-epoch baseline (python train.py); overrides: make train ARGS="model=bn_pre"
 	$(PY) train.py $(ARGS)
@@ -40,19 +40,19 @@ train: install ## train the 15-epoch baseline (python train.py); overrides: make
 test: install ## run the test suite (real data, tiny limits, two test modules at a time: 6-10 minutes on 2 CPU cores)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
-bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.bench)
-	$(PY) -m fashion_lenet.bench $(ARGS)
+bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.analysis.bench)
+	$(PY) -m fashion_lenet.analysis.bench $(ARGS)
 
 gpu-check: install ## on a GPU machine: GPU tests, repeatability, bench, imports, the 12-job study 4 ways (scripts/gpu_check.sh)
 	PY=$(PY) scripts/gpu_check.sh
 
 study: install ## run the seed study (4 techniques x 3 lr x 3 seeds), then its report into results/seed_study
 	$(PY) train.py -m experiment=seed_study hydra.sweep.dir=multirun/seed_study $(ARGS); status=$$?; \
-	$(PY) -m fashion_lenet.report multirun/seed_study --out results/seed_study --notes results/seed_study/conclusion.md; \
+	$(PY) -m fashion_lenet.analysis.report multirun/seed_study --out results/seed_study --notes results/seed_study/conclusion.md; \
 	exit $$status
 
 report: install ## report of a sweep: make report SWEEP=multirun/<date>/<time> (default: the newest)
-	$(PY) -m fashion_lenet.report $(SWEEP) --out reports/$(notdir $(SWEEP))
+	$(PY) -m fashion_lenet.analysis.report $(SWEEP) --out reports/$(notdir $(SWEEP))
 
 tensorboard: install ## TensorBoard on the newest sweep (http://localhost:6006); any folder: make tensorboard SWEEP=outputs
 	$(VENV)/bin/tensorboard --logdir $(or $(SWEEP),outputs) --port 6006

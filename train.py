@@ -15,19 +15,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fashion_lenet import lifecycle
-from fashion_lenet.config import register_resolvers, validate
-from fashion_lenet.jobfiles import job_hparams
-from fashion_lenet.resume import how_to_resume, resume_mode
+from fashion_lenet.sweep.config import register_resolvers, validate
+from fashion_lenet.sweep.jobfiles import job_hparams
+from fashion_lenet.sweep.resume import how_to_resume, resume_mode
+from fashion_lenet.training import lifecycle
 
 
 def train(cfg: DictConfig) -> dict:
     """Run one job (a group of one) and return what it wrote to metrics.json."""
     # Imported here, in the job's process: a launcher that runs jobs in other processes (joblib, SLURM) then
     # skips torch, Lightning, torchvision and torchmetrics (`import train`: 2 s -> 0.2 s on a 2-core CPU).
-    from fashion_lenet.checkpoints import solo_checkpoint
-    from fashion_lenet.console import quiet_lightning
-    from fashion_lenet.group import Member, train_group
+    from fashion_lenet.sweep.console import quiet_lightning
+    from fashion_lenet.training.checkpoints import solo_checkpoint
+    from fashion_lenet.training.group import Member, train_group
 
     quiet_lightning()  # first: Lightning's own console handler would print an early error twice
     hydra_cfg = HydraConfig.get()

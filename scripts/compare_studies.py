@@ -2,7 +2,7 @@
 
     python scripts/compare_studies.py results/seed_study/jobs.csv results/seed_study_fused/jobs.csv > comparison.md
 
-Reads two reports' jobs.csv (python -m fashion_lenet.report writes them); prints a markdown table.
+Reads two reports' jobs.csv (python -m fashion_lenet.analysis.report writes them); prints a markdown table.
 """
 
 import csv

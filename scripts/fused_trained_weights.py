@@ -15,10 +15,10 @@ import time
 import torch
 from torch.nn import functional as F
 
-from fashion_lenet.config import PROJECT_ROOT
-from fashion_lenet.data import load_images
-from fashion_lenet.fused import FusedLeNet5, MemberParameters
-from fashion_lenet.models import LeNet5
+from fashion_lenet.sweep.config import PROJECT_ROOT
+from fashion_lenet.training.data import load_images
+from fashion_lenet.training.fused import FusedLeNet5, MemberParameters
+from fashion_lenet.training.models import LeNet5
 
 BATCH = 64
 

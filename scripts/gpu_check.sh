@@ -34,12 +34,12 @@ status=0
 
 $PY -m pytest -q tests/test_train_step.py 2>&1 | tee $OUT/tests.txt || status=1
 # The lag test must fail against a TrainStep without the wait after capture, or it does not force the race.
-sed '/wait_stream(capture_stream)/d' src/fashion_lenet/train_step.py > $OUT/train_step_without_the_wait.py
+sed '/wait_stream(capture_stream)/d' src/fashion_lenet/training/train_step.py > $OUT/train_step_without_the_wait.py
 $PY - "$OUT/train_step_without_the_wait.py" <<'EOF' 2>&1 | tail -4 | tee $OUT/lag_test_without_the_wait.txt || status=1
 import importlib.util, sys
 import pytest, torch
 
-spec = importlib.util.spec_from_file_location("fashion_lenet.train_step", sys.argv[1])
+spec = importlib.util.spec_from_file_location("fashion_lenet.training.train_step", sys.argv[1])
 sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 code = pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_train_step.py", "-k", "capture_stream_lags"])
@@ -110,7 +110,7 @@ echo "36-job seed study, hydra/launcher=fused: $($PY -c "import time; print(f'{t
     | tee $OUT/fused.txt
 cp "$OUT/seed_study_fused/summary.md" "$OUT/seed_study_fused_summary.md" 2>/dev/null
 # shellcheck disable=SC2086
-$PY -m fashion_lenet.bench --json --fused 1,4,12,36 ${FUSED_BENCH_ARGS:-} | tee $OUT/bench_fused.json || status=1
+$PY -m fashion_lenet.analysis.bench --json --fused 1,4,12,36 ${FUSED_BENCH_ARGS:-} | tee $OUT/bench_fused.json || status=1
 
 sweep sweep 12
 sweep sweep_4_at_once 4
@@ -140,12 +140,12 @@ repeat repeat_eager 2 cuda_graph=false
 {
     TIMEFORMAT="launcher (python -c 'import train'): %R s"; time $PY -c "import train"
     TIMEFORMAT="worker (train.py's imports + Lightning, torchmetrics, the module): %R s"
-    time $PY -c "import train, lightning.pytorch, fashion_lenet.module, fashion_lenet.callbacks"
+    time $PY -c "import train, lightning.pytorch, fashion_lenet.training.module, fashion_lenet.training.callbacks"
 } 2>&1 | tee $OUT/import_time.txt
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-$PY -m fashion_lenet.bench --json $BENCH_ARGS --variant cuda_graph=false --variant matmul_precision=high \
+$PY -m fashion_lenet.analysis.bench --json $BENCH_ARGS --variant cuda_graph=false --variant matmul_precision=high \
     --variant "trainer.deterministic=false matmul_precision=high" \
     --variant trainer.deterministic=warn | tee $OUT/bench.json || status=1  # the default again: any order effect?
 
-$PY -m fashion_lenet.report $OUT/sweep --out $OUT/report || status=1
+$PY -m fashion_lenet.analysis.report $OUT/sweep --out $OUT/report || status=1
 exit $status

@@ -12,8 +12,8 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from fashion_lenet.config import PROJECT_ROOT, compose_job
-from fashion_lenet.data import ensure_raw_files
+from fashion_lenet.sweep.config import PROJECT_ROOT, compose_job
+from fashion_lenet.training.data import ensure_raw_files
 
 # A training run that touches every stage and finishes in seconds.
 TINY = [

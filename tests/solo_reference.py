@@ -38,13 +38,13 @@ def where() -> dict:
     """What bit-for-bit numbers depend on."""
     import torch
 
-    from fashion_lenet.lifecycle import cpu_model
+    from fashion_lenet.training.lifecycle import cpu_model
 
     return {"cpu": cpu_model(), "threads": 1, "torch": torch.__version__}
 
 
 def record() -> None:
-    from fashion_lenet.config import compose_job
+    from fashion_lenet.sweep.config import compose_job
     from train import train
 
     runs = {}

@@ -6,7 +6,7 @@ from conftest import run_cli
 
 def test_bench_smoke_run_reports_every_pipeline_and_the_ratio():
     """Timings are not asserted (benchmarks are not tests): only that `make bench` runs and reports."""
-    result = run_cli("-m", "fashion_lenet.bench", "--epochs", "2", "--limit-batches", "5", "--json")
+    result = run_cli("-m", "fashion_lenet.analysis.bench", "--epochs", "2", "--limit-batches", "5", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout[result.stdout.index("{") :])
     assert set(report["seconds_per_epoch"]) == {"naive", "project", "plain_loop"}
@@ -16,7 +16,7 @@ def test_bench_smoke_run_reports_every_pipeline_and_the_ratio():
 
 
 def test_fused_bench_reports_solo_and_fused_model_steps_per_second():
-    result = run_cli("-m", "fashion_lenet.bench", "--fused", "2", "--limit-batches", "3", "--json")
+    result = run_cli("-m", "fashion_lenet.analysis.bench", "--fused", "2", "--limit-batches", "3", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout[result.stdout.index("{") :])
     assert list(report["members"]) == ["2"] and report["device"].startswith("cpu")
@@ -28,7 +28,7 @@ def test_fused_bench_reports_solo_and_fused_model_steps_per_second():
 def test_profile_lists_the_operators_of_a_training_step(data_root):
     import torch
 
-    from fashion_lenet.bench import plain_loop_profile
+    from fashion_lenet.analysis.bench import plain_loop_profile
 
     table = plain_loop_profile(5, torch.device("cpu"))
     assert table.startswith("5 steps of the plain loop on cpu")
@@ -46,6 +46,6 @@ def test_profile_lists_the_operators_of_a_training_step(data_root):
     ],
 )
 def test_bad_bench_argument_stops_before_any_timing_with_one_error_line(args, error):
-    result = run_cli("-m", "fashion_lenet.bench", *args)
+    result = run_cli("-m", "fashion_lenet.analysis.bench", *args)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines()[-1] == f"bench.py: error: {error}"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from fashion_lenet import checkpoints
-from fashion_lenet.checkpoints import AtomicCheckpointIO, check_resumable, load_checkpoint, refused_code
-from fashion_lenet.errors import UserError
-from fashion_lenet.evaluate import evaluate
-from fashion_lenet.module import LeNetModule
+from fashion_lenet.analysis.evaluate import evaluate
+from fashion_lenet.sweep.errors import UserError
+from fashion_lenet.training import checkpoints
+from fashion_lenet.training.checkpoints import AtomicCheckpointIO, check_resumable, load_checkpoint, refused_code
+from fashion_lenet.training.module import LeNetModule
 from train import train
 
 LEGACY = Path(__file__).parent / "data" / "legacy"  # README.md there says how each was made
@@ -108,7 +108,7 @@ def test_the_trainer_refuses_to_resume_from_code_even_unchecked(crafted, make_cf
 
 def test_evaluate_refuses_code_in_one_line(crafted):
     path, marker = crafted
-    result = run_cli("-m", "fashion_lenet.evaluate", str(path), "--accelerator", "cpu")
+    result = run_cli("-m", "fashion_lenet.analysis.evaluate", str(path), "--accelerator", "cpu")
     assert result.returncode != 0
     assert result.stderr.strip() == (f"error: {path} is not a checkpoint of this project ({HOLDS_CODE}): "
                                      "give a .ckpt file from a run's checkpoints/ folder")  # fmt: skip

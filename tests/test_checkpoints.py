@@ -6,8 +6,8 @@ import stat
 import pytest
 import torch
 
-from fashion_lenet.checkpoints import AtomicCheckpointIO, check_resumable, load_checkpoint
-from fashion_lenet.errors import UserError
+from fashion_lenet.sweep.errors import UserError
+from fashion_lenet.training.checkpoints import AtomicCheckpointIO, check_resumable, load_checkpoint
 
 WHAT_TO_DO = "delete it and run again with resume=false"
 

@@ -4,8 +4,8 @@ import pytest
 from conftest import TINY, run_cli
 from hydra.errors import HydraException
 
-from fashion_lenet.config import validate
-from fashion_lenet.errors import ConfigError
+from fashion_lenet.sweep.config import validate
+from fashion_lenet.sweep.errors import ConfigError
 from train import train
 
 BAD_VALUES = [

@@ -18,7 +18,7 @@ from conftest import TINY, run_cli
 
 TWO_EPOCHS = [*(o for o in TINY if not o.startswith("trainer.max_epochs")), "trainer.max_epochs=2"]
 LRS = ("0.01", "0.001")
-# What Lightning and Hydra print that says nothing to a user (fashion_lenet/console.py drops it)
+# What Lightning and Hydra print that says nothing to a user (fashion_lenet/sweep/console.py drops it)
 NOISE = ("💡 Tip", "litlogger", "LeafSpec", "GPU available: False", "TPU available: False", "log_every_n_steps",
          "`weights_only` was not set", "Seed set to", "`Trainer.fit` stopped", "Restoring states from",
          "Loaded model weights from", "\t#0 : ", "srun")  # fmt: skip

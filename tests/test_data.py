@@ -3,8 +3,9 @@ import shutil
 import pytest
 import torch
 
-from fashion_lenet import data
-from fashion_lenet.data import (
+from fashion_lenet.sweep.errors import DataError
+from fashion_lenet.training import data
+from fashion_lenet.training.data import (
     CONTENT_SHA256,
     DeviceBatches,
     FashionMNISTDataModule,
@@ -13,7 +14,6 @@ from fashion_lenet.data import (
     raw_folder,
     split_indices,
 )
-from fashion_lenet.errors import DataError
 
 
 def test_split_is_80_20_disjoint_and_deterministic():

@@ -8,8 +8,8 @@ from train import train
 
 def test_evaluate_cli_reproduces_the_recorded_test_accuracy(make_cfg, tmp_path):
     metrics = train(make_cfg(*TINY, "model=bn_post", "++trainer.limit_test_batches=null"))
-    result = run_cli("-m", "fashion_lenet.evaluate", metrics["best_checkpoint"], "--out", str(tmp_path / "eval"),
-                     "--accelerator", "cpu")  # fmt: skip
+    result = run_cli("-m", "fashion_lenet.analysis.evaluate", metrics["best_checkpoint"],
+                     "--out", str(tmp_path / "eval"), "--accelerator", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     recorded = json.loads((tmp_path / "metrics.json").read_text())["test_acc"]
     assert f"test accuracy: {100 * recorded:.2f} %" in result.stdout
@@ -29,6 +29,6 @@ def test_evaluate_cli_refuses_a_missing_or_unreadable_checkpoint_in_one_line(tmp
     checkpoint = tmp_path / "run.ckpt"
     if content is not None:
         checkpoint.write_bytes(content)
-    result = run_cli("-m", "fashion_lenet.evaluate", str(checkpoint))
+    result = run_cli("-m", "fashion_lenet.analysis.evaluate", str(checkpoint))
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: {checkpoint} {problem}: give a .ckpt file from a run's checkpoints/ folder"

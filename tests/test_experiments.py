@@ -7,7 +7,7 @@ from conftest import TINY, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from fashion_lenet.config import PROJECT_ROOT, validate
+from fashion_lenet.sweep.config import PROJECT_ROOT, validate
 
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
 

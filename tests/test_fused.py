@@ -9,9 +9,9 @@ import torch
 import yaml
 from conftest import TINY, assert_one_device_per_worker, run_cli, tensorboard_run
 
-from fashion_lenet.config import PROJECT_ROOT
-from fashion_lenet.evaluate import evaluate
-from fashion_lenet.module import LeNetModule
+from fashion_lenet.analysis.evaluate import evaluate
+from fashion_lenet.sweep.config import PROJECT_ROOT
+from fashion_lenet.training.module import LeNetModule
 from train import train
 
 FUSED = ["-m", "hydra/launcher=fused"]
@@ -113,7 +113,7 @@ def test_used_by_sweep_fuses_into_two_groups_whose_members_write_what_solo_jobs_
         tested = evaluate(Path(_metrics(job)["best_checkpoint"]), PROJECT_ROOT / "data", tmp_path / "eval", "cpu")
         assert tested["test_acc"] == pytest.approx(_metrics(job)["test_acc"], abs=1e-6)
     assert (tmp_path / "summary.md").read_text().count("| completed |") == 6
-    report = run_cli("-m", "fashion_lenet.report", str(tmp_path), "--out", str(tmp_path / "report"))
+    report = run_cli("-m", "fashion_lenet.analysis.report", str(tmp_path), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr[-2000:]
     assert (tmp_path / "report" / "report.md").is_file()
 

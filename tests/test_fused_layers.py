@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_lenet.fused import (
+from fashion_lenet.training.fused import (
     FusedBatchNorm2d,
     FusedConv2d,
     FusedDropout,
@@ -12,7 +12,7 @@ from fashion_lenet.fused import (
     FusedLinear,
     MemberParameters,
 )
-from fashion_lenet.models import LeNet5
+from fashion_lenet.training.models import LeNet5
 
 MEMBERS, BATCH = 3, 8
 # Fused kernels add in another order than the plain ones: float32 rounding, a few 1e-7 relative.

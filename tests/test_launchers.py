@@ -5,7 +5,7 @@ import json
 import yaml
 from conftest import TINY, assert_one_device_per_worker, run_cli
 
-from fashion_lenet.search import summarize
+from fashion_lenet.analysis.search import summarize
 
 
 def _statuses(sweep_dir, jobs):
@@ -84,7 +84,7 @@ def test_inside_a_slurm_job_lightning_keeps_slurm_ranks_but_not_its_own_requeue(
     """submitit requeues a job (USR2) and the job resumes from last.ckpt; Lightning's SIGUSR1 requeue stays off."""
     from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 
-    from fashion_lenet.cluster import environment
+    from fashion_lenet.training.cluster import environment
 
     for variable in ("SLURM_NTASKS", "SLURM_JOB_NAME", "SLURM_JOB_ID"):
         monkeypatch.delenv(variable, raising=False)

@@ -49,6 +49,7 @@ import pytest
 from conftest import PROJECT_ROOT
 
 SWEEPER = "src/hydra_plugins/fashion_lenet_sweeper.py"
+CONSOLE = "src/fashion_lenet/sweep/console.py"
 OPTUNA_IMPL = "hydra_plugins.hydra_optuna_sweeper._impl.OptunaSweeperImpl"
 OPTUNA_FIELDS = ("study_name", "storage", "sampler", "n_trials", "job_idx")  # what ResumableOptunaSweeper reads/sets
 OPTUNA_RESUME = "resume=true continues the Optuna study: the trials left, the next job number, a new sampler seed"
@@ -60,11 +61,11 @@ ALLOWED = {
     (SWEEPER, "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper.sweeper"): OPTUNA_RESUME,
     **{(SWEEPER, f"{OPTUNA_IMPL}.{name}"): OPTUNA_RESUME for name in OPTUNA_FIELDS},
     ("src/hydra_plugins/fashion_lenet_fused_launcher.py", EXECUTOR): "the submitit plugin's way to name a cluster",
-    ("src/fashion_lenet/console.py", "hydra._internal.core_plugins.basic_launcher"): "a logger name (per-job dump)",
-    ("src/fashion_lenet/console.py", "hydra_plugins.hydra_joblib_launcher._core"): "a logger name (per-job dump)",
-    ("src/fashion_lenet/console.py", "lightning.pytorch.utilities._pytree"): "a module name in a warnings filter",
-    ("src/fashion_lenet/batchnorm.py", BATCH_NORM): "torch's BatchNorm state, the forward written out by hand",
-    ("src/fashion_lenet/batchnorm.py", f"{BATCH_NORM}._check_input_dim"): "BatchNorm1d/2d's input check, kept",
+    (CONSOLE, "hydra._internal.core_plugins.basic_launcher"): "a logger name (per-job dump)",
+    (CONSOLE, "hydra_plugins.hydra_joblib_launcher._core"): "a logger name (per-job dump)",
+    (CONSOLE, "lightning.pytorch.utilities._pytree"): "a module name in a warnings filter",
+    ("src/fashion_lenet/training/batchnorm.py", BATCH_NORM): "torch's BatchNorm state, the forward written out by hand",
+    ("src/fashion_lenet/training/batchnorm.py", f"{BATCH_NORM}._check_input_dim"): "BatchNorm1d/2d's input check, kept",
 }
 PINNED: set[str] = set()
 
@@ -507,7 +508,7 @@ def test_the_submitit_plugin_still_names_its_executor_per_launcher_class():
 
 @pins("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core")
 def test_hydras_launchers_still_log_each_jobs_overrides_under_their_module_names():
-    from fashion_lenet.console import LAUNCHER_NOISE
+    from fashion_lenet.sweep.console import LAUNCHER_NOISE
 
     assert {name for name, _ in LAUNCHER_NOISE} == {"hydra._internal.core_plugins.basic_launcher",
                                                     "hydra_plugins.hydra_joblib_launcher._core"}  # fmt: skip
@@ -535,7 +536,7 @@ def test_torchs_batchnorm_base_still_holds_the_state_and_checks_manual_batchnorm
     from torch import nn
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    from fashion_lenet.batchnorm import ManualBatchNorm1d, ManualBatchNorm2d, _ManualBatchNorm
+    from fashion_lenet.training.batchnorm import ManualBatchNorm1d, ManualBatchNorm2d, _ManualBatchNorm
 
     assert issubclass(nn.BatchNorm1d, _BatchNorm) and issubclass(nn.BatchNorm2d, _BatchNorm)  # or the MRO breaks
     assert list(inspect.signature(_BatchNorm.__init__).parameters)[:6] == [

@@ -3,9 +3,9 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from fashion_lenet.batchnorm import ManualBatchNorm2d
-from fashion_lenet.config import BN_IMPL_CHOICES, NORM_CHOICES
-from fashion_lenet.models import BN_IMPLS, LeNet5
+from fashion_lenet.sweep.config import BN_IMPL_CHOICES, NORM_CHOICES
+from fashion_lenet.training.batchnorm import ManualBatchNorm2d
+from fashion_lenet.training.models import BN_IMPLS, LeNet5
 
 # conv1 156 + conv2 2,416 + fc1 30,840 + fc2 10,164 + fc3 850; BatchNorm adds 2 × (6 + 16)
 VARIANTS = {"baseline": 44_426, "dropout": 44_426, "dropout2": 44_426, "bn_pre": 44_470, "bn_post": 44_470}

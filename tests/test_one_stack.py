@@ -7,9 +7,9 @@ import torch
 from conftest import run_cli
 from solo_reference import FILE, RUNS, SHORT, numbers, where
 
-from fashion_lenet.checkpoints import load_checkpoint
-from fashion_lenet.jobfiles import METRICS_FILE
-from fashion_lenet.module import LeNetModule
+from fashion_lenet.sweep.jobfiles import METRICS_FILE
+from fashion_lenet.training.checkpoints import load_checkpoint
+from fashion_lenet.training.module import LeNetModule
 from train import train
 
 LEGACY = FILE.parent / "legacy"  # checkpoints of the code before this stack: README.md there
@@ -48,7 +48,7 @@ def test_a_solo_last_checkpoint_of_the_earlier_code_resumes_where_that_run_stopp
 
 def test_a_fused_group_checkpoint_of_the_earlier_code_loads_into_a_two_member_module():
     checkpoint = load_checkpoint(LEGACY / "group_last.ckpt")
-    net = {"_target_": "fashion_lenet.models.LeNet5", "dropout_layers": 1}
+    net = {"_target_": "fashion_lenet.training.models.LeNet5", "dropout_layers": 1}
     module = LeNetModule([net, net], [{"_target_": "torch.optim.Adam", "_partial_": True}] * 2)
     module.load_state_dict(checkpoint["state_dict"])  # strict: every name and shape of the fused network
     member = LeNetModule.load_from_checkpoint(LEGACY / "member_best.ckpt", map_location="cpu", weights_only=True)

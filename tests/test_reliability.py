@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from fashion_lenet.config import PROJECT_ROOT, compose_job
-from fashion_lenet.module import LeNetModule
+from fashion_lenet.sweep.config import PROJECT_ROOT, compose_job
+from fashion_lenet.training.module import LeNetModule
 from train import train
 
 DIVERGING = ["optim=sgd", "optim.lr=1e4"]  # SGD with momentum at this rate overflows within a few steps

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from fashion_lenet.data import CLASSES
-from fashion_lenet.report import best_groups, build_report, load_jobs, welch
+from fashion_lenet.analysis.report import best_groups, build_report, load_jobs, welch
+from fashion_lenet.training.data import CLASSES
 
 
 def _job(sweep, number, technique, lr, seed, val, test, train=0.95, status="completed"):
@@ -79,14 +79,14 @@ def test_welch_test_separates_consistent_gaps_from_noise(sweep):
 
 
 def test_report_of_an_empty_folder_is_a_clear_error(tmp_path):
-    from fashion_lenet.errors import UserError
+    from fashion_lenet.sweep.errors import UserError
 
     with pytest.raises(UserError, match="no job folders"):
         build_report([tmp_path], tmp_path / "out")
 
 
 def test_missing_notes_file_is_refused_before_anything_is_written(sweep, tmp_path):
-    from fashion_lenet.errors import UserError
+    from fashion_lenet.sweep.errors import UserError
 
     with pytest.raises(UserError, match=r"^--notes \S+missing.md is not a file"):
         build_report([sweep], tmp_path / "out", notes=tmp_path / "missing.md")

@@ -11,8 +11,8 @@ import optuna
 import pytest
 from conftest import TINY, run_cli, tensorboard_run
 
-from fashion_lenet.checkpoints import load_checkpoint
-from fashion_lenet.config import PROJECT_ROOT, compose_job
+from fashion_lenet.sweep.config import PROJECT_ROOT, compose_job
+from fashion_lenet.training.checkpoints import load_checkpoint
 from train import train
 
 TIMES = ("train_time_s", "epoch_time_s")

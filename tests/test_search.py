@@ -1,10 +1,10 @@
-"""The Optuna search's summary (fashion_lenet.search) on a study built in memory: no training needed."""
+"""The Optuna search's summary (fashion_lenet.analysis.search) on a study built in memory: no training needed."""
 
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, IntUniformDistribution, LogUniformDistribution
 
-from fashion_lenet.search import importances
+from fashion_lenet.analysis.search import importances
 
 
 def _resumed_study(late_shifts) -> optuna.Study:

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fashion_lenet.batchnorm import BatchNormFunction, ManualBatchNorm1d, ManualBatchNorm2d
-from fashion_lenet.data import FashionMNISTDataModule
-from fashion_lenet.models import LeNet5
+from fashion_lenet.training.batchnorm import BatchNormFunction, ManualBatchNorm1d, ManualBatchNorm2d
+from fashion_lenet.training.data import FashionMNISTDataModule
+from fashion_lenet.training.models import LeNet5
 
 
 def test_q1_mlp_shapes_and_formula():

@@ -11,12 +11,12 @@ import torch
 from conftest import TINY
 from torch import nn
 
-from fashion_lenet.config import compose_job
-from fashion_lenet.data import FashionMNISTDataModule
-from fashion_lenet.fused import FusedLeNet5
-from fashion_lenet.models import LeNet5
-from fashion_lenet.module import LeNetModule, member_losses
-from fashion_lenet.train_step import WARMUP_STEPS, TrainStep
+from fashion_lenet.sweep.config import compose_job
+from fashion_lenet.training.data import FashionMNISTDataModule
+from fashion_lenet.training.fused import FusedLeNet5
+from fashion_lenet.training.models import LeNet5
+from fashion_lenet.training.module import LeNetModule, member_losses
+from fashion_lenet.training.train_step import WARMUP_STEPS, TrainStep
 from train import train
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")

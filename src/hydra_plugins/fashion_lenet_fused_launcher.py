@@ -2,12 +2,12 @@
 
 Every job is composed and checked first. Jobs whose configs are equal but for numbers that can differ per member
 (PER_MEMBER) form a group, up to `max_members`; each group trains in this process as one LeNetModule
-(fashion_lenet.group.train_group, the code that trains a solo run), groups one after another. A group of one is a
-solo job: same files, same numbers; a job that resumes from its own last.ckpt (`ckpt_path` set, or resume=true)
-is one. A group that was interrupted continues as one group from its own checkpoint. Each member gets the job
-folder, `.hydra/`, log file, callbacks and JobReturn of a solo job, so sweepers (grid, Optuna), summary.md and the
-report see ordinary jobs. Hydra is used through its public API
-only (run_job, configure_log, setup_globals, HydraConfig, JobReturn, the context's callbacks and config loader).
+(fashion_lenet.training.group.train_group, the code that trains a solo run), groups one after another. A group of
+one is a solo job: same files, same numbers; a job that resumes from its own last.ckpt (`ckpt_path` set, or
+resume=true) is one. A group that was interrupted continues as one group from its own checkpoint. Each member
+gets the job folder, `.hydra/`, log file, callbacks and JobReturn of a solo job, so sweepers (grid, Optuna),
+summary.md and the report see ordinary jobs. Hydra is used through its public API only (run_job, configure_log,
+setup_globals, HydraConfig, JobReturn, the context's callbacks and config loader).
 
 Light to import (Hydra imports every hydra_plugins module at start-up): torch loads only when a group trains.
 """
@@ -29,16 +29,16 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from fashion_lenet import lifecycle
-from fashion_lenet.config import register_resolvers, validate
-from fashion_lenet.errors import ConfigError, UserError
-from fashion_lenet.resume import (
+from fashion_lenet.sweep.config import register_resolvers, validate
+from fashion_lenet.sweep.errors import ConfigError, UserError
+from fashion_lenet.sweep.resume import (
     clear_outputs,
     fused_group_checkpoint,
     last_checkpoint,
     resume_command,
     resume_mode,
 )
+from fashion_lenet.training import lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class FusedLauncher(Launcher):
             for number, group in enumerate(groups, 1):
                 returns.update(self._launch_group(group, number, len(groups)))
         else:  # as Hydra's joblib launcher runs jobs: loky's worker processes, each pinned to its device on its
-            from joblib import Parallel, delayed  # first job (fashion_lenet.placement), before torch loads there
+            from joblib import Parallel, delayed  # first job (fashion_lenet.sweep.placement), before torch loads there
 
             state = Singleton.get_state()
             work = (delayed(self._launch_in_worker)(group, number, len(groups), state)
@@ -231,9 +231,9 @@ class FusedLauncher(Launcher):
 
     def _train(self, jobs: list[Job], number: int) -> list[dict | Exception]:
         """Each job's metrics.json content, or the exception that ended the group."""
-        from fashion_lenet.checkpoints import solo_checkpoint
-        from fashion_lenet.group import Member, group_folder, train_group  # torch and Lightning: only now
-        from fashion_lenet.jobfiles import FUSED_GROUP_FILE, job_hparams, write_json_atomic
+        from fashion_lenet.sweep.jobfiles import FUSED_GROUP_FILE, job_hparams, write_json_atomic
+        from fashion_lenet.training.checkpoints import solo_checkpoint
+        from fashion_lenet.training.group import Member, group_folder, train_group  # torch and Lightning: only now
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         members = [Member(job.resolved, job.output_dir, job_hparams(job.resolved, job.config.hydra.runtime.choices))
@@ -264,7 +264,7 @@ class FusedLauncher(Launcher):
     def _group_checkpoint(jobs: list[Job]) -> str | None:
         """The group checkpoint an interrupted group continues from; None for a group that starts (or starts
         again: resume=retry sets a damaged one aside)."""
-        from fashion_lenet.checkpoints import check_resumable
+        from fashion_lenet.training.checkpoints import check_resumable
 
         path, mode = jobs[0].group_checkpoint, resume_mode(jobs[0].task_cfg)
         if path is None or not Path(path).is_file():  # stopped before its first epoch ended: it starts again

@@ -2,7 +2,7 @@
 and showing the sweep's table when a job failed) and Optuna's, both resumable in their sweep folder (`resume=true`).
 
 Hydra's basic sweeper composes each job of the grid before launching the first, to catch unknown keys and
-groups early; this subclass also runs fashion_lenet.config's value checks on those composed configs, so that
+groups early; this subclass also runs fashion_lenet.sweep.config's value checks on those composed configs, so that
 `-m optim.lr=1e-3,-1` stops with one line before job 0 trains. The checks add 12 ms per job to the 125 ms of
 composing it (2-core CPU). It lives in `hydra_plugins` because Hydra instantiates sweepers from that package
 only. Selected by conf/hparams_search/grid.yaml.
@@ -17,18 +17,19 @@ from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fashion_lenet import resume
-from fashion_lenet.config import validate
-from fashion_lenet.console import quiet_launcher
-from fashion_lenet.errors import ConfigError, UserError
-from fashion_lenet.naming import MULTIRUN_FILE, STUDY_FILE
-from fashion_lenet.summary import print_sweep_summary
+from fashion_lenet.sweep import resume
+from fashion_lenet.sweep.config import validate
+from fashion_lenet.sweep.console import quiet_launcher
+from fashion_lenet.sweep.errors import ConfigError, UserError
+from fashion_lenet.sweep.naming import MULTIRUN_FILE, STUDY_FILE
+from fashion_lenet.sweep.summary import print_sweep_summary
 
 log = logging.getLogger(__name__)
 
 
 class CheckedBasicSweeper(BasicSweeper):
-    """With `resume` set, each batch holds only the jobs still to run, each in its old folder (fashion_lenet.resume)."""
+    """With `resume` set, each batch holds only the jobs still to run, each in its old folder
+    (fashion_lenet.sweep.resume)."""
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -93,7 +94,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
         quiet_launcher()
         sweep_dir.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
         # As Hydra's basic sweeper does (Optuna's does not): the search's command line, which names its jobs
-        # (fashion_lenet.naming) and gives the command that resumes it.
+        # (fashion_lenet.sweep.naming) and gives the command that resumes it.
         OmegaConf.save(config, sweep_dir / MULTIRUN_FILE)
         if resuming:
             self._continue(sweep_dir, config.hydra.sweeper.sampler)

@@ -14,9 +14,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fashion_lenet.jobfiles import METRICS_FILE, outcome, read_metrics, write_atomic, write_json_atomic
-from fashion_lenet.naming import job_settings, job_title
-from fashion_lenet.summary import SUMMARY_FILE, print_sweep_summary, summary_markdown
+from fashion_lenet.sweep.jobfiles import METRICS_FILE, outcome, read_metrics, write_atomic, write_json_atomic
+from fashion_lenet.sweep.naming import job_settings, job_title
+from fashion_lenet.sweep.summary import SUMMARY_FILE, print_sweep_summary, summary_markdown
 
 log = logging.getLogger("train")
 

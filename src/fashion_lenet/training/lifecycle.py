@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fashion_lenet import placement
-from fashion_lenet.errors import DivergedError
-from fashion_lenet.jobfiles import METRICS_FILE, library_versions, write_json_atomic
+from fashion_lenet.sweep import placement
+from fashion_lenet.sweep.errors import DivergedError
+from fashion_lenet.sweep.jobfiles import METRICS_FILE, library_versions, write_json_atomic
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
     from omegaconf import DictConfig
 
-    from fashion_lenet.group import MemberOutputs
-    from fashion_lenet.module import LeNetModule
+    from fashion_lenet.training.group import MemberOutputs
+    from fashion_lenet.training.module import LeNetModule
 
 log = logging.getLogger("train")
 
@@ -61,7 +61,7 @@ def prepare(cfg: DictConfig) -> None:
     import lightning.pytorch as pl
     import torch
 
-    from fashion_lenet.console import quiet_lightning
+    from fashion_lenet.sweep.console import quiet_lightning
 
     quiet_lightning()
     if cfg.threads:
@@ -123,7 +123,7 @@ def _write(trainer: pl.Trainer, job: JobRecord, metrics: dict) -> None:
 
 def _log_test_results(logger: Logger, hparams: dict, metrics: dict, best: BestCheckpoint, step: int) -> None:
     """The best checkpoint's test scalars, HPARAMS row, confusion matrix and misclassified images in TensorBoard."""
-    from fashion_lenet.callbacks import log_test_figures
+    from fashion_lenet.training.callbacks import log_test_figures
 
     logger.log_metrics({"test_best/loss": best.test_loss, "test_best/acc": best.test_acc}, step=step)
     logger.log_hyperparams(hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]})
@@ -152,7 +152,7 @@ def cpu_model() -> str:
 def best_checkpoint_results(history: list[dict], best_val_acc: float, best_checkpoint: str, test_acc: float,
                             test_loss: float, confusion: torch.Tensor) -> dict:  # fmt: skip
     """metrics.json's account of the best-by-validation checkpoint, tested once on the official test set."""
-    from fashion_lenet.data import CLASSES
+    from fashion_lenet.training.data import CLASSES
 
     confusion = confusion.cpu()
     return {

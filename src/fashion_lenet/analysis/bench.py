@@ -1,11 +1,11 @@
 """Seconds per training epoch (48,000 images, batch 64, Adam): the usual pipeline vs this project's.
 
-    python -m fashion_lenet.bench                # naive vs project vs plain-loop floor, on the available device
-    python -m fashion_lenet.bench --sweep 4      # 4 one-epoch jobs: basic launcher vs joblib, wall seconds
-    python -m fashion_lenet.bench --fused 1,4,12,36   # model-steps per second: N members fused vs one job at a time
-    python -m fashion_lenet.bench --variant cuda_graph=false   # also time the project path with these overrides
-    python -m fashion_lenet.bench --profile 200  # where a plain-loop step's time goes, by operator
-    python -m fashion_lenet.bench --json         # machine-readable
+    python -m fashion_lenet.analysis.bench                 # naive vs project vs plain-loop floor, on the device
+    python -m fashion_lenet.analysis.bench --sweep 4       # 4 one-epoch jobs: basic launcher vs joblib, wall seconds
+    python -m fashion_lenet.analysis.bench --fused 1,4,12,36   # model-steps per second: N fused vs one at a time
+    python -m fashion_lenet.analysis.bench --variant cuda_graph=false   # also the project path with these overrides
+    python -m fashion_lenet.analysis.bench --profile 200   # where a plain-loop step's time goes, by operator
+    python -m fashion_lenet.analysis.bench --json          # machine-readable
 
 The naive pipeline is what most users write: torchvision transforms on PIL images, a DataLoader, a
 LightningModule that logs its metrics every step. It is built here, not imported, so it stays a fixed baseline.
@@ -33,11 +33,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
-from fashion_lenet.config import PROJECT_ROOT, compose_job, validate
-from fashion_lenet.data import MEAN, STD, FashionMNISTDataModule, ensure_raw_files, split_indices
-from fashion_lenet.errors import UserError
-from fashion_lenet.models import LeNet5
-from fashion_lenet.module import skip_per_step_gpu_lookup
+from fashion_lenet.sweep.config import PROJECT_ROOT, compose_job, validate
+from fashion_lenet.sweep.errors import UserError
+from fashion_lenet.training.data import MEAN, STD, FashionMNISTDataModule, ensure_raw_files, split_indices
+from fashion_lenet.training.models import LeNet5
+from fashion_lenet.training.module import skip_per_step_gpu_lookup
 
 DATA_ROOT = PROJECT_ROOT / "data"
 STEPS_PER_EPOCH = 48_000 // 64  # the 80 % training split at batch 64

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
 
-from fashion_lenet.errors import DataError
+from fashion_lenet.sweep.errors import DataError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 # sha256 of the decompressed IDX files (the .gz bytes differ between mirrors, the content does not).
@@ -215,7 +215,7 @@ if __name__ == "__main__":
     import argparse
     import sys
 
-    from fashion_lenet.config import PROJECT_ROOT
+    from fashion_lenet.sweep.config import PROJECT_ROOT
 
     parser = argparse.ArgumentParser(description="Put Fashion-MNIST under ROOT and verify its checksums.")
     parser.add_argument("--root", default=str(PROJECT_ROOT / "data"))

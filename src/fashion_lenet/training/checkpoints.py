@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from fashion_lenet.errors import ConfigError, UserError
-from fashion_lenet.resume import clear_outputs, fused_group_checkpoint, last_checkpoint
+from fashion_lenet.sweep.errors import ConfigError, UserError
+from fashion_lenet.sweep.resume import clear_outputs, fused_group_checkpoint, last_checkpoint
 
 log = logging.getLogger(__name__)
 

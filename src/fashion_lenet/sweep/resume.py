@@ -19,9 +19,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fashion_lenet.errors import ConfigError
-from fashion_lenet.jobfiles import FUSED_GROUP_FILE, METRICS_FILE, job_dirs, read_json, read_metrics
-from fashion_lenet.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_key
+from fashion_lenet.sweep.errors import ConfigError
+from fashion_lenet.sweep.jobfiles import FUSED_GROUP_FILE, METRICS_FILE, job_dirs, read_json, read_metrics
+from fashion_lenet.sweep.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_key
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fashion_lenet.batchnorm import manual_batch_norm
-from fashion_lenet.models import TorchLayers, lenet5
+from fashion_lenet.training.batchnorm import manual_batch_norm
+from fashion_lenet.training.models import TorchLayers, lenet5
 
 
 def _init_like_torch(weight: Tensor, bias: Tensor, fan_in: int) -> None:

@@ -13,10 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fashion_lenet.errors import ConfigError
-from fashion_lenet.naming import run_name
+from fashion_lenet.sweep.errors import ConfigError
+from fashion_lenet.sweep.naming import run_name
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 def register_resolvers() -> None:

@@ -20,11 +20,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from fashion_lenet import lifecycle
-from fashion_lenet.callbacks import EpochHistory
-from fashion_lenet.errors import UserError
-from fashion_lenet.lifecycle import JobRecord
-from fashion_lenet.module import LeNetModule
+from fashion_lenet.sweep.errors import UserError
+from fashion_lenet.training import lifecycle
+from fashion_lenet.training.callbacks import EpochHistory
+from fashion_lenet.training.lifecycle import JobRecord
+from fashion_lenet.training.module import LeNetModule
 
 HISTORY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc")  # each epoch's TensorBoard scalars
 

@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 import torch
 from torchvision.utils import make_grid
 
-from fashion_lenet.data import CLASSES, MEAN, STD
-from fashion_lenet.plots import confusion_matrix_figure
+from fashion_lenet.training.data import CLASSES, MEAN, STD
+from fashion_lenet.training.plots import confusion_matrix_figure
 
 
 class EpochHistory(pl.Callback):

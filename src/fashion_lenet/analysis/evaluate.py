@@ -1,6 +1,6 @@
 """Evaluate any saved checkpoint on the official test set, without the config it was trained with.
 
-    python -m fashion_lenet.evaluate multirun/<date>/<time>/0/checkpoints/last.ckpt [--out DIR]
+    python -m fashion_lenet.analysis.evaluate multirun/<date>/<time>/0/checkpoints/last.ckpt [--out DIR]
 
 The checkpoint carries the network's description (LeNetModule's hyperparameters), so the model rebuilds itself.
 Prints test accuracy and per-class accuracy, and writes a confusion-matrix PNG.
@@ -15,19 +15,19 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from fashion_lenet.checkpoints import refused_code
-from fashion_lenet.config import PROJECT_ROOT
-from fashion_lenet.console import quiet_lightning
-from fashion_lenet.data import CLASSES, FashionMNISTDataModule
-from fashion_lenet.errors import UserError
-from fashion_lenet.module import LeNetModule
-from fashion_lenet.plots import confusion_matrix_figure, save
+from fashion_lenet.sweep.config import PROJECT_ROOT
+from fashion_lenet.sweep.console import quiet_lightning
+from fashion_lenet.sweep.errors import UserError
+from fashion_lenet.training.checkpoints import refused_code
+from fashion_lenet.training.data import CLASSES, FashionMNISTDataModule
+from fashion_lenet.training.module import LeNetModule
+from fashion_lenet.training.plots import confusion_matrix_figure, save
 
 
 def evaluate(checkpoint: Path, data_root: Path, out: Path, accelerator: str = "auto") -> dict:
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint} does not exist: give a .ckpt file from a run's checkpoints/ folder")
-    try:  # weights-only, as every checkpoint load (fashion_lenet.checkpoints): a crafted file runs nothing
+    try:  # weights-only, as every checkpoint load (fashion_lenet.training.checkpoints): a crafted file runs nothing
         module = LeNetModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, KeyError, TypeError) as error:
         # torch's and Lightning's messages for these run to many lines; the kind of failure is enough here

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fashion_lenet.jobfiles import job_dirs, read_metrics
-from fashion_lenet.resume import resume_command
+from fashion_lenet.sweep.jobfiles import job_dirs, read_metrics
+from fashion_lenet.sweep.resume import resume_command
 
 SUMMARY_FILE = "summary.md"
 

@@ -27,7 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 
-from fashion_lenet.errors import ConfigError
+from fashion_lenet.sweep.errors import ConfigError
 
 log = logging.getLogger("train")
 VISIBLE = "CUDA_VISIBLE_DEVICES"

@@ -18,10 +18,10 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from fashion_lenet.checkpoints import load_checkpoint
-from fashion_lenet.fused import FusedDropout, FusedLeNet5, MemberParameters
-from fashion_lenet.lifecycle import BestCheckpoint
-from fashion_lenet.train_step import TrainStep, tally
+from fashion_lenet.training.checkpoints import load_checkpoint
+from fashion_lenet.training.fused import FusedDropout, FusedLeNet5, MemberParameters
+from fashion_lenet.training.lifecycle import BestCheckpoint
+from fashion_lenet.training.train_step import TrainStep, tally
 
 NUM_CLASSES = 10
 MAX_MISCLASSIFIED = 64

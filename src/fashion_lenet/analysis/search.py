@@ -3,7 +3,7 @@ validation accuracy, how much each parameter mattered and two figures. Importanc
 impurity of a random forest fitted to the completed trials (its fANOVA evaluator fails with scikit-learn >= 1.4
 in Optuna 2.10).
 
-    python -m fashion_lenet.search multirun/lenet5_search --out results/lenet5_search
+    python -m fashion_lenet.analysis.search multirun/lenet5_search --out results/lenet5_search
 
 Reads the study (`<sweep>/optuna.db`) and each trial's job folder (its overrides and metrics.json). The test
 accuracy each finished trial printed is listed but chose nothing: the best trial is the best validation accuracy.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from fashion_lenet.errors import UserError
-from fashion_lenet.jobfiles import job_dirs, read_metrics
-from fashion_lenet.naming import MULTIRUN_FILE, STUDY_FILE
+from fashion_lenet.sweep.errors import UserError
+from fashion_lenet.sweep.jobfiles import job_dirs, read_metrics
+from fashion_lenet.sweep.naming import MULTIRUN_FILE, STUDY_FILE
 
 
 def load_study(sweep_dir: Path):
@@ -107,7 +107,7 @@ def _percent(value) -> str:
 
 def summarize(sweep_dir: Path, out: Path) -> Path:
     """Write search.md, search_history.png and importances.png into `out`; return search.md's path."""
-    from fashion_lenet.plots import plt, save
+    from fashion_lenet.training.plots import plt, save
 
     study, rows = load_study(sweep_dir), trial_rows(sweep_dir)
     done = [r for r in rows if r["status"] == "completed"]

@@ -10,7 +10,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from fashion_lenet.batchnorm import ManualBatchNorm2d
+from fashion_lenet.training.batchnorm import ManualBatchNorm2d
 
 BN_IMPLS = {"torch": nn.BatchNorm2d, "manual": ManualBatchNorm2d}  # the keys config.BN_IMPL_CHOICES allows
 
