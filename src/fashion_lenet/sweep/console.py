@@ -2,9 +2,9 @@
 
 The `lightning` package puts its own console handler on the "lightning" logger, and its records also reach the
 root logger that Hydra configured (console and the job's log file): every line twice. Once Hydra's logging is
-set up, that handler goes. Messages that say nothing the job's own lines (results.JobOutcome) do not say better
-are dropped by their text and logger, and Lightning's one warning of that kind by its text and module; every
-other message and warning stays.
+set up, that handler goes. Messages that say nothing the job's own lines (hydra_callback.JobOutcome) do not say
+better are dropped by their text and logger, and Lightning's one warning of that kind by its text and module;
+every other message and warning stays.
 """
 
 from __future__ import annotations

@@ -85,8 +85,9 @@ def run(trainer: pl.Trainer, module: LeNetModule, datamodule: pl.LightningDataMo
         with warnings.catch_warnings():
             if ckpt_path:  # resuming: the run's folder holds its own checkpoints, nothing to warn about
                 warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
-                # A solo checkpoint written before solo runs were groups of one holds the state of the job's
-                # monitored ModelCheckpoint, now MemberOutputs' work (its best so far is read from the history).
+                # A solo checkpoint of the code before solo runs were groups of one (tests/data/legacy) holds the
+                # state of a monitored ModelCheckpoint that no run has here: MemberOutputs reads the best so far
+                # from the history, so Lightning's warning that this state is not restored has nothing to act on.
                 warnings.filterwarnings("ignore", r"Be aware that when using `ckpt_path`.*following callbacks: "
                                         r"\[\"ModelCheckpoint\{'monitor': '[^']+'[^\]]*\]\.$")  # fmt: skip
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
