@@ -20,6 +20,7 @@ import yaml
 from fashion_lenet.sweep.errors import UserError
 from fashion_lenet.sweep.jobfiles import job_dirs, read_metrics
 from fashion_lenet.sweep.naming import MULTIRUN_FILE, STUDY_FILE
+from fashion_lenet.training.plots import plt, save
 
 
 def load_study(sweep_dir: Path):
@@ -107,8 +108,6 @@ def _percent(value) -> str:
 
 def summarize(sweep_dir: Path, out: Path) -> Path:
     """Write search.md, search_history.png and importances.png into `out`; return search.md's path."""
-    from fashion_lenet.training.plots import plt, save
-
     study, rows = load_study(sweep_dir), trial_rows(sweep_dir)
     done = [r for r in rows if r["status"] == "completed"]
     if not done:
@@ -116,7 +115,17 @@ def summarize(sweep_dir: Path, out: Path) -> Path:
     best = max(done, key=lambda r: r["val_acc"])
     weights = importances(study)
     out.mkdir(parents=True, exist_ok=True)
+    history_figure(done, best, out / "search_history.png")
+    importances_figure(weights, out / "importances.png")
+    keys = [k for k in best["params"] if len({r["params"].get(k) for r in rows}) > 1]  # what the search drew
+    lines = [*_overview(sweep_dir, rows, done, best, keys), *_importance_table(weights), *_trial_table(rows, keys)]
+    path = out / "search.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
+
+def history_figure(done: list[dict], best: dict, path: Path) -> None:
+    """Each completed trial's best validation accuracy by job number, and the best so far."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     jobs = [r["job"] for r in done]
     ax.plot(jobs, [100 * r["val_acc"] for r in done], "o", label="trial (best val acc)")
@@ -125,20 +134,25 @@ def summarize(sweep_dir: Path, out: Path) -> Path:
     ax.set(xlabel="trial (job number)", ylabel="validation accuracy %", title="Optuna TPE search")
     ax.set_ylim(max(80, min(running) - 2), 100 * best["val_acc"] + 1)
     ax.legend(loc="lower right")
-    save(fig, out / "search_history.png")
+    save(fig, path)
+
+
+def importances_figure(weights: dict[str, float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(weights) + 1))
     names = list(weights)[::-1]
     ax.barh(names, [weights[n] for n in names])
     ax.set(xlabel="importance for val acc (Optuna, MDI)", title="What mattered")
-    save(fig, out / "importances.png")
+    save(fig, path)
 
-    keys = [k for k in best["params"] if len({r["params"].get(k) for r in rows}) > 1]  # what the search drew
+
+def _overview(sweep_dir: Path, rows: list[dict], done: list[dict], best: dict, keys: list[str]) -> list[str]:
+    """How many trials ended how, their training time, and the best trial's drawn values."""
     shared = [f"{k}={v}" for k, v in best["params"].items() if k not in keys]
     failed = [r for r in rows if r["status"] != "completed"]
     seconds = sum(r["wall_s"] or 0 for r in done if r["group"] == 1) + sum(
         (r["wall_s"] or 0) / r["group"] for r in done if r["group"] > 1
     )  # a fused group's wall time is shared by its members
-    lines = [
+    return [
         f"# Optuna search: {sweep_dir}",
         "",
         f"{len(rows)} trials: {len(done)} completed, {len(failed)} not "
@@ -154,6 +168,11 @@ def summarize(sweep_dir: Path, out: Path) -> Path:
         "",
         f"Every trial: `{' '.join(shared)}`.",
         "",
+    ]
+
+
+def _importance_table(weights: dict[str, float]) -> list[str]:
+    return [
         "## Importance (mean decrease in impurity of a random forest over the completed trials, val acc)",
         "",
         "| parameter | importance |",
@@ -162,19 +181,22 @@ def summarize(sweep_dir: Path, out: Path) -> Path:
         "",
         "![history](search_history.png) ![importances](importances.png)",
         "",
+    ]
+
+
+def _trial_table(rows: list[dict], keys: list[str]) -> list[str]:
+    """Every trial, best validation accuracy first, with the values it drew."""
+    lines = [
         "## Trials, best validation accuracy first",
         "",
         f"| job | {' | '.join(keys)} | status | best val % | at epoch | test % | final train % | fused with |",
         f"|{'---|' * (len(keys) + 7)}",
     ]
-    ordered = sorted(rows, key=lambda r: -(r["val_acc"] or 0))
-    for r in ordered:
+    for r in sorted(rows, key=lambda r: -(r["val_acc"] or 0)):
         values = " | ".join(_short(r["params"].get(k, "")) for k in keys)
         lines.append(f"| {r['job']} | {values} | {r['status']} | {_percent(r['val_acc'])} | {r['best_epoch']} | "
                      f"{_percent(r['test_acc'])} | {_percent(r['train_acc'])} | {r['group']} |")  # fmt: skip
-    path = out / "search.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 def _short(value: str) -> str:
