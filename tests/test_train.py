@@ -47,14 +47,23 @@ def test_tensorboard_has_every_curve_and_the_final_hparams_when_train_returns(ma
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     metrics = train(make_cfg(*TINY, "trainer.max_epochs=2"))
-    open_writers = [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread" and t.is_alive()]
-    assert not open_writers  # all written and closed: nothing still being written into the folder
+    assert not _open_event_writers()  # all written and closed: nothing still being written into the folder
     events = EventAccumulator(str(tensorboard_run(tmp_path)))
     events.Reload()
     for curve in ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc"):
         assert len(events.Scalars(curve)) == 2, curve  # one point per epoch
     assert events.Scalars("val/acc")[-1].value == pytest.approx(metrics["history"][-1]["val_acc"])
     assert events.Scalars("hp/test_acc")[0].value == pytest.approx(metrics["test_acc"])  # the HPARAMS tab's
+
+
+def _open_event_writers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread" and t.is_alive()]
+
+
+def test_a_diverged_run_closes_its_event_writer_too(make_cfg, tmp_path):
+    metrics = train(make_cfg(*TINY, "optim=sgd", "optim.lr=1e4"))
+    assert metrics["status"] == "diverged"
+    assert not _open_event_writers()  # its curves are on disk and no writer thread outlives the run
 
 
 def test_used_by_command_creates_six_complete_job_folders(tmp_path):

@@ -73,12 +73,23 @@ def prepare(cfg: DictConfig) -> None:
 def run(trainer: pl.Trainer, module: LeNetModule, datamodule: pl.LightningDataModule, jobs: list[JobRecord],
         outputs: MemberOutputs, ckpt_path: str | None, resume_hint: str) -> list[dict]:  # fmt: skip
     """Train, test and record `jobs` (module.members of them); return each job's metrics.json content."""
-    history = outputs.history
+    completed: set[int] = set()
+    try:
+        return _fit_test_and_record(trainer, module, datamodule, jobs, outputs, ckpt_path, resume_hint, completed)
+    finally:  # whatever ended the run: each job's event writer flushed and closed, no writer thread outlives it
+        for n, job in enumerate(jobs):
+            if job.logger is not None:
+                job.logger.finalize("success" if n in completed else "failed")
+
+
+def _fit_test_and_record(trainer: pl.Trainer, module: LeNetModule, datamodule: pl.LightningDataModule,
+                         jobs: list[JobRecord], outputs: MemberOutputs, ckpt_path: str | None, resume_hint: str,
+                         completed: set[int]) -> list[dict]:  # fmt: skip
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    history, start = outputs.history, time.perf_counter()
     common = {"device": device_name(trainer.strategy.root_device), "versions": library_versions(),
-              "started_at": started_at}  # fmt: skip
+              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     if placed := placement.current():  # a sweep's worker pinned to one of several devices
         common["placement"] = placed
     try:
@@ -100,11 +111,12 @@ def run(trainer: pl.Trainer, module: LeNetModule, datamodule: pl.LightningDataMo
     tested = module.test_best(trainer, datamodule, [None if d else outputs.best(n) for n, d in enumerate(diverged)])
     wall = time.perf_counter() - start
     results = []
-    for job, rows, best in zip(jobs, histories, tested, strict=True):
+    for n, (job, rows, best) in enumerate(zip(jobs, histories, tested, strict=True)):
         metrics = job.hparams | common | job.extra | {"history": rows}
         if best is None:
             metrics |= {"status": "diverged", "best_val_acc": None, "test_acc": None}
         else:
+            completed.add(n)
             metrics |= {"status": "completed"} | best_checkpoint_results(
                 rows, best.val_acc, best.path, best.test_acc, best.test_loss, best.confusion
             )
@@ -130,7 +142,6 @@ def _log_test_results(logger: Logger, hparams: dict, metrics: dict, best: BestCh
     logger.log_hyperparams(hparams, {"hp/best_val_acc": metrics["best_val_acc"], "hp/test_acc": metrics["test_acc"]})
     if hasattr(logger, "experiment") and hasattr(logger.experiment, "add_figure"):  # TensorBoard's writer
         log_test_figures(logger.experiment, best.confusion, best.misclassified)
-    logger.finalize("success")
 
 
 def device_name(device: torch.device) -> str:
