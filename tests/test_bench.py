@@ -15,14 +15,22 @@ def test_bench_smoke_run_reports_every_pipeline_and_the_ratio():
     assert abs(report["speedup_project_vs_naive"] - ratio) < 1e-9
 
 
-def test_fused_bench_reports_solo_and_fused_model_steps_per_second():
-    result = run_cli("-m", "fashion_lenet.analysis.bench", "--fused", "2", "--limit-batches", "3", "--json")
+def test_fused_bench_reports_solo_and_fused_model_steps_per_second_per_variant():
+    result = run_cli("-m", "fashion_lenet.analysis.bench", "--fused", "2", "--models", "baseline,bn_post",
+                     "--limit-batches", "3", "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout[result.stdout.index("{") :])
-    assert list(report["members"]) == ["2"] and report["device"].startswith("cpu")
-    for row in report["members"].values():
-        ratio = row["fused_model_steps_per_s"] / row["solo_model_steps_per_s"]
-        assert row["speedup"] == pytest.approx(ratio)
+    assert list(report["models"]) == ["baseline", "bn_post"] and report["device"].startswith("cpu")
+    for rows in report["models"].values():
+        assert list(rows["members"]) == ["2"]
+        for row in rows["members"].values():
+            ratio = row["fused_model_steps_per_s"] / row["solo_model_steps_per_s"]
+            assert row["speedup"] == pytest.approx(ratio)
+
+
+def test_fused_bench_refuses_an_unknown_model_variant_in_one_line():
+    result = run_cli("-m", "fashion_lenet.analysis.bench", "--fused", "2", "--models", "baseline,lenet7")
+    assert result.returncode == 2 and "lenet7: not a model variant (choose from baseline, bn_post" in result.stderr
 
 
 def test_profile_lists_the_operators_of_a_training_step(data_root):

@@ -3,6 +3,7 @@
     python -m fashion_lenet.analysis.bench                 # naive vs project vs plain-loop floor, on the device
     python -m fashion_lenet.analysis.bench --sweep 4       # 4 one-epoch jobs: basic launcher vs joblib, wall seconds
     python -m fashion_lenet.analysis.bench --fused 1,4,12,36   # model-steps per second: N fused vs one at a time
+    python -m fashion_lenet.analysis.bench --fused 3,12 --models baseline,dropout,bn_pre,bn_post   # per variant
     python -m fashion_lenet.analysis.bench --variant cuda_graph=false   # also the project path with these overrides
     python -m fashion_lenet.analysis.bench --profile 200   # where a plain-loop step's time goes, by operator
     python -m fashion_lenet.analysis.bench --json          # machine-readable
@@ -249,22 +250,25 @@ def _train_seconds_per_step(overrides: list[str], steps: int, root: Path) -> tup
     return metrics["history"][1]["train_time_s"] / steps, metrics
 
 
-def fused_benchmark(members: list[int], steps: int = 50) -> dict:
-    """Model-steps per second: N jobs differing in seed fused into one group vs one solo job at a time (the basic
-    launcher's cost: N times one job's step), each through train.py, on the available device."""
-    rows = {}
+def fused_benchmark(members: list[int], models: list[str], steps: int = 50) -> dict:
+    """Model-steps per second, per model variant: N jobs differing in seed fused into one group vs one solo job at a
+    time (the basic launcher's cost: N times one job's step), each through train.py, on the available device. Each
+    variant's solo run is timed right before its groups, so a drift of the machine's speed hits both alike."""
+    result = {}
     with tempfile.TemporaryDirectory() as root:
-        solo_step, metrics = _train_seconds_per_step([], steps, Path(root) / "solo")
-        for n in members:
-            seeds = ",".join(str(seed) for seed in range(n))
-            fused_step, _ = _train_seconds_per_step(["-m", "hydra/launcher=fused", f"seed={seeds}"], steps,
-                                                     Path(root) / f"fused{n}")  # fmt: skip
-            # N = 1 is a group of one: the solo path again, a second measurement of it
-            rows[n] = {"solo_model_steps_per_s": 1 / solo_step, "fused_model_steps_per_s": n / fused_step,
-                       "solo_s_per_model_epoch": solo_step * STEPS_PER_EPOCH,
-                       "fused_s_per_model_epoch": fused_step / n * STEPS_PER_EPOCH,
-                       "speedup": solo_step * n / fused_step}  # fmt: skip
-    return {"device": metrics["device"], "steps_timed": steps, "members": rows}
+        for model in models:
+            solo_step, metrics = _train_seconds_per_step([f"model={model}"], steps, Path(root) / model / "solo")
+            rows = {}
+            for n in members:
+                group = ["-m", "hydra/launcher=fused", f"model={model}", f"seed={','.join(map(str, range(n)))}"]
+                fused_step, _ = _train_seconds_per_step(group, steps, Path(root) / model / f"{n}")
+                # N = 1 is a group of one: the solo path again, a second measurement of it
+                rows[n] = {"solo_model_steps_per_s": 1 / solo_step, "fused_model_steps_per_s": n / fused_step,
+                           "solo_s_per_model_epoch": solo_step * STEPS_PER_EPOCH,
+                           "fused_s_per_model_epoch": fused_step / n * STEPS_PER_EPOCH,
+                           "speedup": solo_step * n / fused_step}  # fmt: skip
+            result[model] = {"members": rows}
+    return {"device": metrics["device"], "steps_timed": steps, "models": result}
 
 
 def batch_size_benchmark(batch_sizes: list[int], epochs: int) -> dict:
@@ -285,11 +289,22 @@ def _counts(text: str) -> list[int]:
     return [_count(part) for part in text.split(",")]
 
 
+def _names(text: str) -> list[str]:
+    """argparse type: model variants of conf/model, separated by commas."""
+    names = text.split(",")
+    known = sorted(path.stem for path in (PROJECT_ROOT / "conf" / "model").glob("*.yaml"))
+    if unknown := [name for name in names if name not in known]:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not a model variant (choose from {', '.join(known)})")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=_count, default=3, help="epochs per pipeline (the first is warm-up)")
     parser.add_argument("--sweep", type=_count, metavar="N", help="time N one-epoch jobs: basic vs joblib launcher")
     parser.add_argument("--fused", type=_counts, metavar="N,N,...", help="model-steps/s: N fused members vs solo")
+    parser.add_argument("--models", type=_names, default=["baseline"], metavar="M,M,...",
+                        help="--fused: these model variants (conf/model), e.g. baseline,dropout,bn_pre,bn_post")
     parser.add_argument("--batch-sizes", type=_counts, metavar="B,B,...", help="time the project's epoch at these")
     parser.add_argument("--limit-batches", type=_count, help="train only this many batches per epoch (--fused: 50)")
     parser.add_argument(
@@ -327,7 +342,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.sweep:
         result = sweep_benchmark(args.sweep)
     elif args.fused:
-        result = fused_benchmark(args.fused, args.limit_batches or 50)
+        result = fused_benchmark(args.fused, args.models, args.limit_batches or 50)
     else:
         result = epoch_benchmark(args.epochs, args.limit_batches, args.variant)
     if args.json:
@@ -337,10 +352,13 @@ def run(args: argparse.Namespace) -> None:
             print(f"batch {size:>5}: {seconds:6.2f} s per epoch")
     elif args.fused:
         print(f"model-steps per second on {result['device']}, batch 64, Adam ({STEPS_PER_EPOCH} steps a model-epoch)")
-        print(f"  {'members':>7} {'solo':>8} {'fused':>8} {'s/model-epoch solo':>19} {'fused':>7} {'speed-up':>8}")
-        for n, row in result["members"].items():
-            print(f"  {n:>7} {row['solo_model_steps_per_s']:8.0f} {row['fused_model_steps_per_s']:8.0f} "
-                  f"{row['solo_s_per_model_epoch']:19.2f} {row['fused_s_per_model_epoch']:7.2f} {row['speedup']:7.2f}x")
+        print(f"  {'model':<9} {'members':>7} {'solo':>8} {'fused':>8} {'s/model-epoch solo':>19} {'fused':>7} "
+              f"{'speed-up':>8}")
+        for model, rows in result["models"].items():
+            for n, row in rows["members"].items():
+                print(f"  {model:<9} {n:>7} {row['solo_model_steps_per_s']:8.0f} {row['fused_model_steps_per_s']:8.0f} "
+                      f"{row['solo_s_per_model_epoch']:19.2f} {row['fused_s_per_model_epoch']:7.2f} "
+                      f"{row['speedup']:7.2f}x")
     elif args.sweep:
         print(f"{args.sweep} one-epoch jobs: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["wall_s"].items()))
         print(f"joblib speed-up: {result['speedup_joblib_vs_basic']:.2f}x")
