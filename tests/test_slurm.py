@@ -1,5 +1,7 @@
 """Sweeps against a real one-node Slurm 22.05 cluster (tests/slurm_cluster.py): the README's commands, a failed job,
-pre-emption (`scontrol requeue`), the signal before a time limit (USR2, submitit's requeue), and `scancel`."""
+pre-emption (`scontrol requeue`), the signal before a time limit (USR2, submitit's requeue), and `scancel`; a fused
+group sent as one Slurm job (fused_slurm) is requeued too. Which groups form is tested without Slurm (test_fused.py,
+submitit's local executor)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,23 @@ def slurm(tmp_path_factory) -> dict[str, str]:
         pytest.skip(f"no Slurm cluster here: {reason}")
     yield env
     slurm_cluster.stop(state)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm, tmp_path_factory):
+    """sweep(*overrides) -> the folder of that sweep run locally, run once for the module (a reference many tests
+    compare with)."""
+    folders: dict[tuple[str, ...], Path] = {}
+
+    def sweep(*overrides: str) -> Path:
+        if overrides not in folders:
+            folder = tmp_path_factory.mktemp("local")
+            result = _sweep(folder, slurm, *overrides)
+            assert result.returncode == 0, result.stderr[-3000:]
+            folders[overrides] = folder
+        return folders[overrides]
+
+    return sweep
 
 
 def _metrics(job_dir: Path) -> dict:
@@ -79,13 +98,6 @@ def test_a_slurm_sweep_gives_the_numbers_of_the_same_jobs_run_locally(slurm, tmp
     assert len(list((tmp_path / "slurm" / ".submitit").glob("*_[01]"))) == 2  # a Slurm array of two tasks
 
 
-def test_fused_slurm_sends_one_slurm_job_per_group(slurm, tmp_path):
-    result = _sweep(tmp_path, slurm, "hydra/launcher=fused_slurm", NO_GPU, "model=baseline,bn_post", "seed=0,1", *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert [_metrics(tmp_path / str(job))["fused_group"]["jobs"] for job in range(4)] == [[0, 1]] * 2 + [[2, 3]] * 2
-    assert len(list((tmp_path / ".submitit").glob("*_[01]"))) == 2
-
-
 def test_a_failed_slurm_job_fails_the_sweep_and_says_so_in_the_summary(slurm, tmp_path):
     # the node has no GPU: the second job's trainer cannot start there
     result = _sweep(tmp_path, slurm, "hydra/launcher=slurm", NO_GPU, "trainer.accelerator=cpu,gpu", *TINY[:-2])
@@ -103,18 +115,19 @@ def test_a_failed_slurm_job_fails_the_sweep_and_says_so_in_the_summary(slurm, tm
         ("fused_slurm", ("scontrol", "requeue")),
     ],
 )
-def test_a_requeued_job_continues_by_itself_to_the_numbers_of_an_uninterrupted_run(slurm, tmp_path, launcher, stop):
+def test_a_requeued_job_continues_by_itself_to_the_numbers_of_an_uninterrupted_run(slurm, uninterrupted, tmp_path,
+                                                                                   launcher, stop):  # fmt: skip
     grid = ["seed=0,1"] if launcher == "fused_slurm" else ["seed=0"]
     saved = "fused_groups/0/last.ckpt" if launcher == "fused_slurm" else "0/checkpoints/last.ckpt"  # the group's own
     stopper = _stop_in_epoch_two(slurm, tmp_path / "slurm" / saved, *stop)
     result = _sweep(tmp_path / "slurm", slurm, f"hydra/launcher={launcher}", NO_GPU, *grid, *LONGER)
     stopper.join()
     assert result.returncode == 0, result.stderr[-3000:]
-    local = ["hydra/launcher=fused"] if launcher == "fused_slurm" else []
-    uninterrupted = _sweep(tmp_path / "local", slurm, *local, *grid, *LONGER)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    local = uninterrupted(*(["hydra/launcher=fused"] if launcher == "fused_slurm" else []), *grid, *LONGER)
     for job in range(len(grid[0].split(","))):
-        assert _numbers(_metrics(tmp_path / "slurm" / str(job))) == _numbers(_metrics(tmp_path / "local" / str(job)))
+        assert _numbers(_metrics(tmp_path / "slurm" / str(job))) == _numbers(_metrics(local / str(job)))
+    if launcher == "fused_slurm":  # two jobs, one group: one Slurm job
+        assert [p.name.split("_")[-1] for p in (tmp_path / "slurm" / ".submitit").glob("*_[0-9]")] == ["0"]
     logs = "".join(path.read_text() for path in (tmp_path / "slurm" / ".submitit").glob("*/*_log.*"))
     assert logs.count("Restored all states from the checkpoint") == 1  # the second attempt continued
 
