@@ -37,7 +37,7 @@ data: $(STAMP) ## put Fashion-MNIST in data/ (Debian package, else torchvision's
 train: install ## train the 15-epoch baseline (python train.py); overrides: make train ARGS="model=bn_pre"
 	$(PY) train.py $(ARGS)
 
-test: install ## run the test suite (real data, tiny limits, two test modules at a time: 6-10 minutes on 2 CPU cores)
+test: install ## run the test suite (real data, tiny limits, two test modules at a time: about 11 minutes on 2 CPU cores)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.analysis.bench)
