@@ -14,6 +14,7 @@ from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
 
 from fashion_lenet.sweep.errors import DataError
+from fashion_lenet.training.fused import per_member
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 # sha256 of the decompressed IDX files (the .gz bytes differ between mirrors, the content does not).
@@ -127,10 +128,6 @@ class MemberBatches:
             yield images, self.labels[batch]
 
 
-def _per_member(value, members: int) -> list:
-    return list(value) if isinstance(value, Sequence) else [value] * members
-
-
 class FashionMNISTDataModule(pl.LightningDataModule):
     """80/20 split of the official training images; the official test set is only ever evaluated.
 
@@ -153,9 +150,9 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.root = root
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed = val_fraction, split_seed
-        self.shuffle_seeds = _per_member(shuffle_seed, 1)
+        self.shuffle_seeds = per_member(shuffle_seed, 1)
         members = len(self.shuffle_seeds)
-        augments, shifts = _per_member(augment, members), _per_member(max_shift, members)
+        augments, shifts = per_member(augment, members), per_member(max_shift, members)
         self.max_shifts = [shift if on else None for on, shift in zip(augments, shifts, strict=True)]
         self.raw_verified = False
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

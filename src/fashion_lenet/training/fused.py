@@ -32,6 +32,11 @@ from fashion_lenet.training.batchnorm import manual_batch_norm
 from fashion_lenet.training.models import TorchLayers, lenet5
 
 
+def per_member(value, members: int) -> list:
+    """A setting given once for every member, or already one per member (a list), as a list of `members`."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * members
+
+
 def _init_like_torch(weight: Tensor, bias: Tensor, fan_in: int) -> None:
     """Each member initialised as torch's Conv2d and Linear initialise themselves (kaiming-uniform, a=sqrt(5))."""
     with torch.no_grad():

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from fashion_lenet.training.checkpoints import load_checkpoint
-from fashion_lenet.training.fused import FusedDropout, FusedLeNet5, MemberParameters
+from fashion_lenet.training.fused import FusedDropout, FusedLeNet5, MemberParameters, per_member
 from fashion_lenet.training.lifecycle import BestCheckpoint
 from fashion_lenet.training.train_step import TrainStep, tally
 
@@ -44,10 +44,6 @@ def set_fit_flags(device: torch.device) -> None:
     torch.backends.cudnn.allow_tf32 = False
     if device.type == "cpu":
         skip_per_step_gpu_lookup()
-
-
-def _per_member(value, members: int) -> list:
-    return list(value) if isinstance(value, list | tuple) else [value] * members
 
 
 def member_losses(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: list[float]) -> torch.Tensor:
@@ -84,8 +80,8 @@ class LeNetModule(pl.LightningModule):
         self.automatic_optimization = False
         nets = [net] if isinstance(net, Mapping) else list(net)
         self.members = len(nets)
-        self.optimizer_nodes = _per_member(optimizer, self.members)
-        self.label_smoothing = [float(e) for e in _per_member(label_smoothing, self.members)]
+        self.optimizer_nodes = per_member(optimizer, self.members)
+        self.label_smoothing = [float(e) for e in per_member(label_smoothing, self.members)]
         self.seeds = seeds
         self.net, dropout_states = self._build(nets, seeds)
         self.dropout_states = dropout_states  # each member's dropout stream on the CPU: the RNG after its build
