@@ -58,7 +58,8 @@ class RecordInitialWeights(pl.Callback):
 def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: float = 600, env: dict | None = None
             ) -> subprocess.CompletedProcess:  # fmt: skip
     """Run a project command the way a user types it (env: variables to set on top of this process's)."""
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT / "tests")} | (env or {})
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": path} | (env or {})
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

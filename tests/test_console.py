@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -78,14 +79,19 @@ def test_a_sweep_prints_a_line_when_each_job_starts_and_ends_then_the_table(swee
     lines = _lines(result)
     _assert_clean(lines)
     job_lines = [_message(line) for line in lines if "] job " in line]
-    assert [line.split(" completed")[0] for line in job_lines] == [
+    assert [line.split(" completed")[0].split(" (sweep: ")[0] for line in job_lines] == [
         "[1/2] job 0: optim.lr=0.01", "[1/2] job 0", "[2/2] job 1: optim.lr=0.001", "[2/2] job 1",
     ]  # fmt: skip
+    # the sweep's time so far; the time left once a job finished, from its pace; none once every job did
+    progress = [re.search(r" \(sweep: ([^)]*)\)$", line).group(1) for line in job_lines]
+    assert re.fullmatch(r"\d+ s in", progress[0]) and re.fullmatch(r"\d+ s in", progress[3]), progress
+    assert all(re.fullmatch(r"\d+ s in, about \d+ s left", said) for said in progress[1:3]), progress
     for job, line in enumerate(job_lines[1::2]):
         metrics = json.loads((sweep_dir / str(job) / "metrics.json").read_text())
         assert line == (
             f"[{job + 1}/2] job {job} completed in {metrics['wall_time_s']:.0f} s: best epoch {metrics['best_epoch']}, "
             f"val acc {100 * metrics['best_val_acc']:.2f}%, test acc {100 * metrics['test_acc']:.2f}% (best checkpoint)"
+            f" (sweep: {progress[2 * job + 1]})"
         )  # fmt: skip
         logged = [_message(line) for line in (sweep_dir / str(job) / "train.log").read_text().splitlines()]
         assert logged == job_lines[2 * job : 2 * job + 2]  # the job's log file has its own two lines

@@ -24,6 +24,9 @@ Not found: public-looking fields of private classes on objects the code did not 
 | OptunaSweeper.sweeper, an _impl.OptunaSweeperImpl: | fashion_lenet_sweeper    | resume continues the study: no      |
 |   its study_name, storage, sampler, n_trials,      |   (ResumableOptuna-      | public way to set the trials left,  |
 |   job_idx                                          |   Sweeper._continue)     | the next job number, a new seed     |
+| ... and its launcher and storage (set)             | fashion_lenet_sweeper    | pruning: no public way to tell a    |
+|                                                    |   (ResumableOptuna-      | job its trial, or to keep a trial   |
+|                                                    |   Sweeper.setup)         | its job pruned from being completed |
 | BaseSubmititLauncher's `_EXECUTOR` (and `params`)  | fashion_lenet_fused_     | how the submitit plugin's own       |
 |                                                    |   launcher (fused_slurm) | launchers subclass it               |
 | the loggers hydra._internal...basic_launcher and   | console.py (drop their   | logger names, not code              |
@@ -53,6 +56,7 @@ CONSOLE = "src/fashion_lenet/sweep/console.py"
 OPTUNA_IMPL = "hydra_plugins.hydra_optuna_sweeper._impl.OptunaSweeperImpl"
 OPTUNA_FIELDS = ("study_name", "storage", "sampler", "n_trials", "job_idx")  # what ResumableOptunaSweeper reads/sets
 OPTUNA_RESUME = "resume=true continues the Optuna study: the trials left, the next job number, a new sampler seed"
+OPTUNA_PRUNING = "pruning: each job told its trial (the launcher), a pruned trial kept pruned (the storage)"
 EXECUTOR = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.BaseSubmititLauncher._EXECUTOR"
 BATCH_NORM = "torch.nn.modules.batchnorm._BatchNorm"
 # (file, internal) -> why; the table above says it longer. Each internal is pinned by a test marked @pins(...).
@@ -60,6 +64,7 @@ ALLOWED = {
     (SWEEPER, "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"): "Hydra's grid sweeper, subclassed",
     (SWEEPER, "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper.sweeper"): OPTUNA_RESUME,
     **{(SWEEPER, f"{OPTUNA_IMPL}.{name}"): OPTUNA_RESUME for name in OPTUNA_FIELDS},
+    (SWEEPER, f"{OPTUNA_IMPL}.launcher"): OPTUNA_PRUNING,
     ("src/hydra_plugins/fashion_lenet_fused_launcher.py", EXECUTOR): "the submitit plugin's way to name a cluster",
     (CONSOLE, "hydra._internal.core_plugins.basic_launcher"): "a logger name (per-job dump)",
     (CONSOLE, "hydra_plugins.hydra_joblib_launcher._core"): "a logger name (per-job dump)",
@@ -492,6 +497,22 @@ def test_optunas_sweeper_still_keeps_the_study_fields_that_resume_sets_and_sweep
              "self.job_idx += len(returns)")  # fmt: skip
     for read in reads:
         assert read in sweep, read
+
+
+@pins(f"{OPTUNA_IMPL}.launcher")
+def test_optunas_sweeper_still_asks_a_batch_then_launches_it_with_its_launcher_then_tells_each_trial():
+    """What pruning relies on (fashion_lenet_sweeper.TrialLinkingLauncher, pruned_trials_stay_pruned): setup sets
+    the launcher field; sweep asks the batch's trials, launches them in that order through self.launcher, and only
+    then tells each trial its result, through the study (so through its storage)."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    assert "self.launcher = Plugins.instance().instantiate_launcher(" in inspect.getsource(OptunaSweeperImpl.setup)
+    sweep = inspect.getsource(OptunaSweeperImpl.sweep)
+    steps = ("trials = [study.ask() for _ in range(batch_size)]", "self._configure_trials(",
+             "returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)",
+             "for trial, ret in zip(trials, returns):",
+             "study.tell(trial=trial, state=state, values=values)")  # fmt: skip
+    assert [sweep.index(step) for step in steps] == sorted(sweep.index(step) for step in steps)
 
 
 @pins(EXECUTOR)

@@ -38,6 +38,7 @@ from fashion_lenet.sweep.resume import (
     resume_command,
     resume_mode,
 )
+from fashion_lenet.sweep.summary import progress
 from fashion_lenet.training import lifecycle
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,9 @@ class FusedLauncher(Launcher):
 
     def _launch_group(self, group: list[Job], number: int, groups: int) -> dict[int, JobReturn]:
         nums = " ".join(f"#{job.num}" for job in group)
-        log.info(f"group {number}/{groups}: {len(group)} job{'s' * (len(group) > 1)} ({nums})")
+        said = progress(Path(self.config.hydra.sweep.dir))
+        log.info(f"group {number}/{groups}: {len(group)} job{'s' * (len(group) > 1)} ({nums})"
+                 f"{f' (sweep: {said})' if said else ''}")  # fmt: skip
         returns = self._run_group(group, number)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns

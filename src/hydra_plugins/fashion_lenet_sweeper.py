@@ -8,21 +8,25 @@ composing it (2-core CPU). It lives in `hydra_plugins` because Hydra instantiate
 only. Selected by conf/hparams_search/grid.yaml.
 """
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_lenet.sweep import resume
-from fashion_lenet.sweep.config import validate
+from fashion_lenet.sweep.config import check, pruner_rules, validate
 from fashion_lenet.sweep.console import quiet_launcher
 from fashion_lenet.sweep.errors import ConfigError, UserError
 from fashion_lenet.sweep.naming import MULTIRUN_FILE, STUDY_FILE
 from fashion_lenet.sweep.summary import print_sweep_summary
+from fashion_lenet.sweep.trials import link_jobs
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,14 @@ class CheckedBasicSweeper(BasicSweeper):
     """With `resume` set, each batch holds only the jobs still to run, each in its old folder
     (fashion_lenet.sweep.resume)."""
 
+    def __init__(self, *, pruner: functools.partial | None = None, **basic_sweeper_arguments):
+        super().__init__(**basic_sweeper_arguments)
+        self.pruner = pruner  # only Optuna's searches prune: refused in setup
+
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        if self.pruner is not None:
+            raise ConfigError("hydra.sweeper.pruner needs the Optuna sweeper: add hparams_search=optuna (or an "
+                              "experiment that searches with Optuna) to the command")  # fmt: skip
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         quiet_launcher()
         if config.get("resume"):  # before Hydra creates the sweep folder: a wrong path is refused as it is
@@ -81,10 +92,24 @@ class CheckedBasicSweeper(BasicSweeper):
 class ResumableOptunaSweeper(OptunaSweeper):
     """Optuna's sweeper; its study lives in the sweep folder (hydra.sweeper.storage), so `resume=true` continues it
     toward n_trials in total: the trial that was running when the search stopped counts as failed, and new trials
-    get new job folders. Selected by conf/hydra/sweeper/resumable_optuna.yaml."""
+    get new job folders. Selected by conf/hydra/sweeper/resumable_optuna.yaml.
+
+    Each trial's job reports to its trial and may be pruned (fashion_lenet.sweep.trials): `pruner` is the partial
+    of an optuna.pruners class (conf/hydra/sweeper/pruner), checked here, built by each job.
+    """
+
+    def __init__(self, *, pruner: functools.partial, **optuna_sweeper_arguments):
+        super().__init__(**optuna_sweeper_arguments)
+        self.pruner = pruner
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         sweep_dir, resuming = Path(config.hydra.sweep.dir), config.get("resume")
+        check(config, pruner_rules())
+        try:
+            self.pruner()
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"hydra.sweeper.pruner={config.hydra.runtime.choices.get('hydra/sweeper/pruner')} "
+                              f"is not allowed with these arguments: {error}") from None  # fmt: skip
         if resuming:
             resume.job_folders(sweep_dir)  # refuses a folder without a sweep
         elif (sweep_dir / STUDY_FILE).exists():
@@ -98,6 +123,12 @@ class ResumableOptunaSweeper(OptunaSweeper):
         OmegaConf.save(config, sweep_dir / MULTIRUN_FILE)
         if resuming:
             self._continue(sweep_dir, config.hydra.sweeper.sampler)
+        search = self.sweeper
+        storage = config.hydra.sweeper.storage
+        if storage is not None:  # (an in-memory study, which no job can reach, trains without pruning)
+            search.storage = pruned_trials_stay_pruned(storage)
+            pruner = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True)
+            search.launcher = TrialLinkingLauncher(search.launcher, sweep_dir, search.study_name, storage, pruner)
 
     def _continue(self, sweep_dir: Path, sampler: DictConfig) -> None:
         import optuna
@@ -114,3 +145,83 @@ class ResumableOptunaSweeper(OptunaSweeper):
         numbered = [int(folder.name) for folder in sweep_dir.iterdir() if folder.name.isdigit()]
         search.job_idx = 1 + max(numbered, default=-1)
         log.info(f"Resuming the Optuna search: {len(study.trials)} trials done, {search.n_trials} to go")
+
+
+def pruned_trials_stay_pruned(url: str):
+    """The study's storage in the sweeper process: Optuna's own (RDBStorage, uncached: jobs in other processes write
+    to it), except that a trial whose job already told Optuna it was pruned stays pruned when Hydra's Optuna sweeper
+    tells it COMPLETE or FAIL after its batch (Optuna refuses to change a finished trial, and the plugin would fail
+    the whole search). Every other call is the RDBStorage's, written out (BaseStorage's abstract methods and those
+    it leaves unimplemented)."""
+    import optuna
+
+    pruned = optuna.trial.TrialState.PRUNED
+
+    class KeepPruned(optuna.storages.BaseStorage):
+        def __init__(self, backend: optuna.storages.RDBStorage):
+            self.backend = backend
+
+        def __repr__(self) -> str:  # Hydra's "Storage:" line
+            return self.backend.url
+
+        def set_trial_state(self, trial_id, state):
+            return False if self.backend.get_trial(trial_id).state == pruned else self.backend.set_trial_state(
+                trial_id, state)  # fmt: skip
+
+        def set_trial_values(self, trial_id, values):
+            if self.backend.get_trial(trial_id).state != pruned:
+                self.backend.set_trial_values(trial_id, values)
+
+        def create_new_study(self, *args): return self.backend.create_new_study(*args)
+        def delete_study(self, *args): return self.backend.delete_study(*args)
+        def set_study_user_attr(self, *args): return self.backend.set_study_user_attr(*args)
+        def set_study_system_attr(self, *args): return self.backend.set_study_system_attr(*args)
+        def set_study_directions(self, *args): return self.backend.set_study_directions(*args)
+        def get_study_id_from_name(self, *args): return self.backend.get_study_id_from_name(*args)
+        def get_study_id_from_trial_id(self, *args): return self.backend.get_study_id_from_trial_id(*args)
+        def get_study_name_from_id(self, *args): return self.backend.get_study_name_from_id(*args)
+        def get_study_directions(self, *args): return self.backend.get_study_directions(*args)
+        def get_study_user_attrs(self, *args): return self.backend.get_study_user_attrs(*args)
+        def get_study_system_attrs(self, *args): return self.backend.get_study_system_attrs(*args)
+        def get_all_study_summaries(self, *args): return self.backend.get_all_study_summaries(*args)
+        def create_new_trial(self, *args, **kwargs): return self.backend.create_new_trial(*args, **kwargs)
+        def set_trial_param(self, *args): return self.backend.set_trial_param(*args)
+        def get_trial_number_from_id(self, *args): return self.backend.get_trial_number_from_id(*args)
+        def get_trial_param(self, *args): return self.backend.get_trial_param(*args)
+        def set_trial_intermediate_value(self, *args): return self.backend.set_trial_intermediate_value(*args)
+        def set_trial_user_attr(self, *args): return self.backend.set_trial_user_attr(*args)
+        def set_trial_system_attr(self, *args): return self.backend.set_trial_system_attr(*args)
+        def get_trial(self, *args): return self.backend.get_trial(*args)
+        def get_all_trials(self, *args, **kwargs): return self.backend.get_all_trials(*args, **kwargs)
+        def get_trial_id_from_study_id_trial_number(self, *args):
+            return self.backend.get_trial_id_from_study_id_trial_number(*args)
+
+        def read_trials_from_remote_storage(self, *args): return self.backend.read_trials_from_remote_storage(*args)
+
+    return KeepPruned(optuna.storages.RDBStorage(url))
+
+
+class TrialLinkingLauncher(Launcher):
+    """The sweeper's launcher, which first tells each job folder of the batch which trial it trains (trials.py).
+    The batch's trials are the study's running ones: Hydra's Optuna sweeper asks them, in order, just before it
+    launches their jobs in the same order."""
+
+    def __init__(self, launcher: Launcher, sweep_dir: Path, study_name: str | None, storage: str, pruner: dict):
+        self.launcher, self.sweep_dir, self.study_name, self.storage = launcher, sweep_dir, study_name, storage
+        self.pruner = pruner
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import optuna
+
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)  # None: the storage's one study
+        running = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)),
+                         key=lambda trial: trial.number)[-len(job_overrides):]  # fmt: skip
+        for trial, overrides in zip(running, job_overrides, strict=True):
+            if any(f"{name}={value}" not in overrides for name, value in trial.params.items()):
+                raise RuntimeError(f"trial {trial.number} is not the job {' '.join(overrides)}")
+        link_jobs(self.sweep_dir, initial_job_idx, [trial.number for trial in running], study.study_name,
+                  self.storage, self.pruner)  # fmt: skip
+        return self.launcher.launch(job_overrides, initial_job_idx)

@@ -1,5 +1,6 @@
-"""The summary of an Optuna search (hparams_search=optuna, experiment=lenet5_search): its trials, the best by
-validation accuracy, how much each parameter mattered and two figures. Importance is Optuna's mean decrease in
+"""The summary of an Optuna search (hparams_search=optuna, experiment=lenet5_search): its trials (search.md, and
+trials.csv with every trial's parameters and numbers), the best by validation accuracy, the trials pruned and the
+epochs that saved, how much each parameter mattered and two figures. Importance is Optuna's mean decrease in
 impurity of a random forest fitted to the completed trials (its fANOVA evaluator fails with scikit-learn >= 1.4
 in Optuna 2.10).
 
@@ -12,6 +13,7 @@ accuracy each finished trial printed is listed but chose nothing: the best trial
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import yaml
 from fashion_lenet.sweep.errors import UserError
 from fashion_lenet.sweep.jobfiles import job_dirs, read_metrics
 from fashion_lenet.sweep.naming import MULTIRUN_FILE, STUDY_FILE
+from fashion_lenet.sweep.trials import epochs_saved
 from fashion_lenet.training.plots import plt, save
 
 
@@ -41,12 +44,12 @@ def trial_rows(sweep_dir: Path) -> list[dict]:
     for folder in job_dirs(sweep_dir):
         drawn = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
         metrics = read_metrics(folder) or {}
-        best_epoch = metrics.get("best_epoch")
+        best_epoch, epochs = metrics.get("best_epoch"), len(metrics.get("history") or [])
         rows.append({"job": int(folder.name), "params": dict(o.split("=", 1) for o in drawn if "=" in o),
                      "status": metrics.get("status", "unknown"), "val_acc": metrics.get("best_val_acc"),
-                     "best_epoch": "" if best_epoch is None else f"{best_epoch + 1}/{len(metrics['history'])}",
+                     "best_epoch": "" if best_epoch is None else f"{best_epoch + 1}/{epochs}", "epochs": epochs,
                      "test_acc": metrics.get("test_acc"), "train_acc": metrics.get("final_train_acc"),
-                     "wall_s": metrics.get("wall_time_s"),
+                     "wall_s": metrics.get("wall_time_s"), "metrics": metrics,
                      "group": (metrics.get("fused_group") or {}).get("members", 1)})  # fmt: skip
     return rows
 
@@ -109,7 +112,7 @@ def _percent(value) -> str:
 def summarize(sweep_dir: Path, out: Path) -> Path:
     """Write search.md, search_history.png and importances.png into `out`; return search.md's path."""
     study, rows = load_study(sweep_dir), trial_rows(sweep_dir)
-    done = [r for r in rows if r["status"] == "completed"]
+    done = [r for r in rows if r["status"] == "completed"]  # a pruned trial's best is not a finished trial's
     if not done:
         raise UserError(f"{sweep_dir}: no trial completed, nothing to summarize")
     best = max(done, key=lambda r: r["val_acc"])
@@ -121,7 +124,26 @@ def summarize(sweep_dir: Path, out: Path) -> Path:
     lines = [*_overview(sweep_dir, rows, done, best, keys), *_importance_table(weights), *_trial_table(rows, keys)]
     path = out / "search.md"
     path.write_text("\n".join(lines) + "\n")
+    write_trials_csv(rows, keys, out / "trials.csv")
     return path
+
+
+def write_trials_csv(rows: list[dict], keys: list[str], path: Path) -> None:
+    """Every trial in job order: the values it drew (as its job received them), status, epochs trained, best val
+    acc and its epoch, test acc, final train acc, wall seconds, fused group size. Accuracies as fractions."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["job", *keys, "status", "epochs_trained", "best_epoch", "best_val_acc", "test_acc",
+                         "final_train_acc", "wall_s", "fused_members"])  # fmt: skip
+        for r in rows:
+            best_epoch = r["metrics"].get("best_epoch")
+            writer.writerow([r["job"], *(r["params"].get(k, "") for k in keys), r["status"], r["epochs"],
+                             "" if best_epoch is None else best_epoch, *(_blank(r[k]) for k in
+                             ("val_acc", "test_acc", "train_acc", "wall_s")), r["group"]])  # fmt: skip
+
+
+def _blank(value) -> object:
+    return "" if value is None else value
 
 
 def history_figure(done: list[dict], best: dict, path: Path) -> None:
@@ -146,20 +168,22 @@ def importances_figure(weights: dict[str, float], path: Path) -> None:
 
 
 def _overview(sweep_dir: Path, rows: list[dict], done: list[dict], best: dict, keys: list[str]) -> list[str]:
-    """How many trials ended how, their training time, and the best trial's drawn values."""
+    """How many trials ended how, the epochs pruning saved, the training time, and the best trial's values."""
     shared = [f"{k}={v}" for k, v in best["params"].items() if k not in keys]
-    failed = [r for r in rows if r["status"] != "completed"]
-    seconds = sum(r["wall_s"] or 0 for r in done if r["group"] == 1) + sum(
-        (r["wall_s"] or 0) / r["group"] for r in done if r["group"] > 1
-    )  # a fused group's wall time is shared by its members
+    failed = [r for r in rows if r["status"] not in ("completed", "pruned")]
+    pruned, saved, planned = epochs_saved([r["metrics"] for r in rows])
+    trained = [r for r in rows if r["status"] in ("completed", "pruned")]
+    # a fused group's wall time is shared by its members
+    seconds = sum((r["wall_s"] or 0) / r["group"] for r in trained)
     return [
         f"# Optuna search: {sweep_dir}",
         "",
-        f"{len(rows)} trials: {len(done)} completed, {len(failed)} not "
+        f"{len(rows)} trials: {len(done)} completed, {pruned} pruned, {len(failed)} not finished "
         f"({', '.join(sorted({r['status'] for r in failed})) or 'none'}); "
+        f"{saved} of the {planned} epochs planned were not trained (pruning). "
         f"{sum(r['group'] > 1 for r in done)} of the completed trained in fused groups. "
-        f"Training time of the completed trials: {seconds / 60:.0f} min (a fused group's wall time split among its "
-        "members).",
+        f"Training time of the completed and pruned trials: {seconds / 60:.0f} min (a fused group's wall time split "
+        "among its members).",
         "",
         f"**Best by validation accuracy:** job {best['job']}, val {_percent(best['val_acc'])} %, test "
         f"{_percent(best['test_acc'])} % (test read once, after the trial finished; not used to choose):",

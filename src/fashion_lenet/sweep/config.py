@@ -82,15 +82,29 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     ]
 
 
+def pruner_rules() -> list[tuple[str, Callable[[Any], bool], str]]:
+    """hydra.sweeper.pruner's arguments (conf/hydra/sweeper/pruner), as Optuna's pruners take them; Optuna itself
+    checks some only when a trial is pruned (HyperbandPruner), so all are checked here, before any trial starts."""
+    resource = (lambda v: v == "auto" or (_integer(v) and v >= 1), "auto or an integer >= 1")
+    return [(f"hydra.sweeper.pruner.{key}", *rule) for key, rule in [
+        ("n_startup_trials", _integer_from(0)),
+        ("n_warmup_steps", _integer_from(0)),
+        ("interval_steps", _integer_from(1)),
+        ("n_min_trials", _integer_from(1)),
+        ("min_resource", resource),
+        ("max_resource", resource),
+        ("reduction_factor", _integer_from(2)),
+        ("min_early_stopping_rate", _integer_from(0)),
+        ("bootstrap_count", _integer_from(0)),
+    ]]  # fmt: skip
+
+
 _ABSENT = object()
 
 
 def validate(cfg: DictConfig, multirun: bool = False) -> None:
     """Raise ConfigError naming the first bad key, its value and what is allowed."""
-    for key, is_allowed, allowed in rules():
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT and not is_allowed(value):
-            raise ConfigError(f"{key}={value!r} is not allowed: use {allowed}")
+    check(cfg, rules())
     devices = OmegaConf.select(cfg, "trainer.devices", default=1)
     if multirun and devices not in (1, "1") and not (OmegaConf.is_list(devices) and len(devices) == 1):
         raise ConfigError(
@@ -98,6 +112,14 @@ def validate(cfg: DictConfig, multirun: bool = False) -> None:
             "(Lightning's DDP re-launch breaks under Hydra multirun); use trainer.devices=1, or run a single "
             "job (no -m) with several devices"
         )
+
+
+def check(cfg: DictConfig, table: list[tuple[str, Callable[[Any], bool], str]]) -> None:
+    """Raise ConfigError for the first key of the table whose value in cfg is not allowed (absent keys pass)."""
+    for key, is_allowed, allowed in table:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not is_allowed(value):
+            raise ConfigError(f"{key}={value!r} is not allowed: use {allowed}")
 
 
 def compose_job(overrides: list[str], output_dir: Path, multirun: bool = False) -> DictConfig:

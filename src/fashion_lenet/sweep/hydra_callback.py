@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from fashion_lenet.sweep.jobfiles import METRICS_FILE, outcome, read_metrics, write_atomic, write_json_atomic
 from fashion_lenet.sweep.naming import job_settings, job_title
-from fashion_lenet.sweep.summary import SUMMARY_FILE, print_sweep_summary, summary_markdown
+from fashion_lenet.sweep.summary import SUMMARY_FILE, print_sweep_summary, progress, summary_markdown
 
 log = logging.getLogger("train")
 
@@ -28,7 +28,8 @@ class JobOutcome(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode.name == "MULTIRUN":
-            log.info(f"{job_title(config.hydra)}: {' '.join(job_settings(config.hydra))}")
+            log.info(f"{job_title(config.hydra)}: {' '.join(job_settings(config.hydra))}"
+                     f"{_sweep_progress(config)}")  # fmt: skip
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         job_dir = Path(config.hydra.runtime.output_dir)
@@ -40,8 +41,8 @@ class JobOutcome(Callback):
             return
         metrics = read_metrics(job_dir)
         if config.hydra.mode.name == "MULTIRUN":
-            level = logging.INFO if (metrics or {}).get("status") == "completed" else logging.WARNING
-            log.log(level, f"{job_title(config.hydra)} {outcome(metrics)}")
+            level = logging.INFO if (metrics or {}).get("status") in ("completed", "pruned") else logging.WARNING
+            log.log(level, f"{job_title(config.hydra)} {outcome(metrics)}{_sweep_progress(config)}")
             sweep_dir = Path(config.hydra.sweep.dir)
             write_atomic(sweep_dir / SUMMARY_FILE, summary_markdown(sweep_dir))
         elif job_return.status == JobStatus.COMPLETED:  # a failed run's error is Hydra's to print
@@ -49,6 +50,12 @@ class JobOutcome(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         print_sweep_summary(Path(config.hydra.sweep.dir))
+
+
+def _sweep_progress(config: DictConfig) -> str:
+    """` (sweep: 12 min in, about 20 min left)`, or nothing when the sweep's folder says too little."""
+    said = progress(Path(config.hydra.sweep.dir))
+    return f" (sweep: {said})" if said else ""
 
 
 def job_error(job_return: JobReturn) -> BaseException:

@@ -70,11 +70,14 @@ def job_hparams(cfg: DictConfig, choices) -> dict:
 
 
 def outcome(metrics: dict | None) -> str:
-    """A job's end, in words: `completed in 41 s: best epoch 9, val acc 90.12%, test acc 89.80% (best checkpoint)`."""
+    """A job's end, in words: `completed in 41 s: best epoch 9, val acc 90.12%, test acc 89.80% (best checkpoint)`;
+    a pruned job's starts `pruned after epoch 3 of 30 in 9 s`."""
     metrics = metrics or {"status": "incomplete"}
-    if metrics["status"] == "completed":
+    if metrics["status"] in ("completed", "pruned"):
+        status = "completed" if metrics["status"] == "completed" else (
+            f"pruned after epoch {len(metrics['history']) - 1} of {metrics['max_epochs']}")  # fmt: skip
         return (
-            f"completed in {metrics['wall_time_s']:.0f} s: best epoch {metrics['best_epoch']}, val acc "
+            f"{status} in {metrics['wall_time_s']:.0f} s: best epoch {metrics['best_epoch']}, val acc "
             f"{100 * metrics['best_val_acc']:.2f}%, test acc {100 * metrics['test_acc']:.2f}% (best checkpoint)"
         )
     if metrics["status"] == "diverged":

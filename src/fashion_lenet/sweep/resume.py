@@ -1,9 +1,9 @@
 """Resuming a sweep in its folder (`resume=true`): which jobs are kept, which continue, which start, and where.
 
 Each job of the new grid is matched to an old job folder by the values of the keys that varied in the old sweep
-(its position does not matter). A kept job (completed; failed or diverged unless resume=retry) is not touched; an
-interrupted job continues from its last.ckpt (train.py); a job with no folder starts in a new one. A matched job
-whose configuration changed (another trainer.max_epochs, say) stops the resume before anything runs.
+(its position does not matter). A kept job (completed or pruned; failed or diverged unless resume=retry) is not
+touched; an interrupted job continues from its last.ckpt (train.py); a job with no folder starts in a new one. A
+matched job whose configuration changed (another trainer.max_epochs, say) stops the resume before anything runs.
 Light to import: the sweepers use it.
 """
 
@@ -25,7 +25,8 @@ from fashion_lenet.sweep.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_
 
 log = logging.getLogger(__name__)
 
-KEPT = {True: ("completed", "failed", "diverged"), "retry": ("completed",)}  # per resume mode
+FINISHED = ("completed", "pruned")  # a job that ended as planned (pruned: stopped early by an Optuna search)
+KEPT = {True: (*FINISHED, "failed", "diverged"), "retry": FINISHED}  # per resume mode
 
 
 def _outputs(folder: Path) -> list[Path]:
@@ -120,7 +121,7 @@ def last_checkpoint(output_dir: Path, mode: bool | str) -> str | None:
     path = Path(output_dir) / "checkpoints" / "last.ckpt"
     if not mode or not path.is_file():
         return None
-    return None if (read_metrics(output_dir) or {}).get("status") == "completed" else str(path)
+    return None if (read_metrics(output_dir) or {}).get("status") in FINISHED else str(path)
 
 
 def fused_group_checkpoint(output_dir: Path) -> str | None:

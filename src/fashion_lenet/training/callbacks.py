@@ -15,7 +15,8 @@ from fashion_lenet.training.plots import confusion_matrix_figure
 
 class EpochHistory(pl.Callback):
     """Each job's row per epoch (its metrics from `pl_module.epoch_rows()`, the epoch's seconds); a job whose
-    training loss stops being finite is marked diverged and stops (the run stops when every job has).
+    training loss stops being finite is marked diverged and stops, a pruned one (pruning.py) stops too (the run
+    stops when every job has).
 
     One job for a solo run, one per member in a fused group. Its state travels in checkpoints, so a resumed run
     keeps the epochs before the interruption.
@@ -24,12 +25,25 @@ class EpochHistory(pl.Callback):
     def __init__(self):
         self.histories: list[list[dict[str, float]]] = []
         self.diverged: list[bool] = []
+        self.pruned: list[bool] = []
         self._epoch_start = self._train_end = 0.0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.histories:
             self.histories = [[] for _ in range(pl_module.members)]
             self.diverged = [False] * pl_module.members
+            self.pruned = [False] * pl_module.members
+
+    def stopped(self, member: int) -> bool:
+        return self.diverged[member] or self.pruned[member]
+
+    def all_stopped(self) -> bool:
+        return all(map(self.stopped, range(len(self.histories))))
+
+    def stop(self, member: int, pl_module: pl.LightningModule, pruned: bool = False) -> None:
+        """The member trains no more: diverged, or pruned."""
+        (self.pruned if pruned else self.diverged)[member] = True
+        pl_module.stop_member(member)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = self._train_end = time.perf_counter()
@@ -45,22 +59,22 @@ class EpochHistory(pl.Callback):
         trained = self._train_end if self._train_end > self._epoch_start else now  # no validation this epoch
         times = {"train_time_s": trained - self._epoch_start, "epoch_time_s": now - self._epoch_start}
         for n, row in enumerate(pl_module.epoch_rows()):
-            if self.diverged[n]:
+            if self.stopped(n):
                 continue
             self.histories[n].append({"epoch": trainer.current_epoch} | row | times)
             if not math.isfinite(row.get("train_loss", 0.0)):
-                self.diverged[n] = True
-                pl_module.stop_member(n)
-        if all(self.diverged):
+                self.stop(n, pl_module)
+        if self.all_stopped():
             trainer.should_stop = True
 
     def state_dict(self) -> dict:
-        return {"histories": self.histories, "diverged": self.diverged}
+        return {"histories": self.histories, "diverged": self.diverged, "pruned": self.pruned}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "history" in state_dict:  # a checkpoint written before fused groups shared this callback: one job
             state_dict = {"histories": [state_dict["history"]], "diverged": [state_dict["diverged"]]}
         self.histories, self.diverged = state_dict["histories"], state_dict["diverged"]
+        self.pruned = state_dict.get("pruned", [False] * len(self.histories))  # before pruning existed: none
 
 
 def log_test_figures(experiment, confusion: torch.Tensor, misclassified: torch.Tensor) -> None:

@@ -5,7 +5,7 @@ Each job's life is lifecycle.py's: its folder gets the history, metrics.json, a 
 checkpoint (an ordinary checkpoint of a one-member LeNetModule: `evaluate` and `load_from_checkpoint` read it).
 The group's last.ckpt (Lightning's ModelCheckpoint) is what an interrupted group resumes from, as one group: a
 group of one keeps it in its job's checkpoints/, a larger group in `<sweep>/fused_groups/<first job>/`. A member
-whose loss stops being finite stops training; the others go on.
+whose loss stops being finite stops training, as does one an Optuna search prunes (pruning.py); the others go on.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from fashion_lenet.training import lifecycle
 from fashion_lenet.training.callbacks import EpochHistory
 from fashion_lenet.training.lifecycle import JobRecord
 from fashion_lenet.training.module import LeNetModule
+from fashion_lenet.training.pruning import trial_pruning
 
 HISTORY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc")  # each epoch's TensorBoard scalars
 
@@ -130,7 +131,9 @@ def train_group(members: list[Member], resume_hint: str, ckpt_path: str | None =
             shared.append(callback)
         elif not isinstance(callback, ModelCheckpoint | EpochHistory):
             shared.append(callback)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[history, outputs, *shared], logger=False)
+    # After the members' best checkpoints: a pruned member's epoch may be its best
+    pruning = [found] if (found := trial_pruning([m.output_dir for m in members], history)) else []
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[history, outputs, *pruning, *shared], logger=False)
 
     module = LeNetModule([m.node("model") for m in members], [m.node("optim") for m in members],
                          members[0].node("scheduler"), cfg.cuda_graph and (len(members) == 1 or fused_cuda_graph),
