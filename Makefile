@@ -12,7 +12,7 @@ APT_WAIT := -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT)
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test bench gpu-check study report tensorboard lint clean
+.PHONY: help install data train test test-cluster bench gpu-check study report tensorboard lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,8 +37,11 @@ data: $(STAMP) ## put Fashion-MNIST in data/ (Debian package, else torchvision's
 train: install ## train the 15-epoch baseline (python train.py); overrides: make train ARGS="model=bn_pre"
 	$(PY) train.py $(ARGS)
 
-test: install ## run the test suite (real data, tiny limits, two test modules at a time: about 11 minutes on 2 CPU cores)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS)
+test: install ## run the test suite (real data, tiny limits, two test modules at a time), all but the Slurm cluster's
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not cluster" $(ARGS)
+
+test-cluster: install ## the sweeps against a real one-node Slurm cluster (starts it; needs root and apt-get)
+	$(PY) -m pytest -m cluster $(ARGS)
 
 bench: install ## seconds per epoch: naive pipeline vs this project's (python -m fashion_lenet.analysis.bench)
 	$(PY) -m fashion_lenet.analysis.bench $(ARGS)

@@ -13,21 +13,6 @@ def _statuses(sweep_dir, jobs):
     return [json.loads((sweep_dir / str(job) / "metrics.json").read_text())["status"] for job in range(jobs)]
 
 
-def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
-    result = run_cli("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=baseline,bn_post",
-                     *TINY, f"hydra.sweep.dir={tmp_path}")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert _statuses(tmp_path, 2) == ["completed", "completed"]
-    output = result.stdout + result.stderr
-    for start in ("[1/2] job 0: model=baseline", "[2/2] job 1: model=bn_post", "[1/2] job 0 completed in",
-                  "[2/2] job 1 completed in"):  # fmt: skip
-        assert output.count(start) == 1, start  # from the worker processes, once each
-    assert "\t#0 : " not in output  # joblib's list of every job's overrides: the start lines say it shorter
-    # joblib gives each of the 2 workers its share of the cores, so they do not fight over threads
-    devices = {json.loads((tmp_path / str(job) / "metrics.json").read_text())["device"] for job in range(2)}
-    assert len(devices) == 1 and devices.pop().startswith("cpu (")
-
-
 # What a sweep's launcher and sweeper processes import: train.py, the project's Hydra plugins, and the whole sweep
 # package (each module alone, so that none of them leans on another to stay light)
 LAUNCHER_IMPORTS = ["train", "hydra_plugins.fashion_lenet_fused_launcher", "hydra_plugins.fashion_lenet_sweeper",
@@ -42,7 +27,7 @@ def test_the_launcher_process_leaves_torch_to_the_jobs(module):
     heavy = ("torch", "lightning", "torchvision", "torchmetrics")
     if module.startswith("fashion_lenet.sweep"):  # the package below training and analysis imports neither
         heavy += ("fashion_lenet.training", "fashion_lenet.analysis")
-    result = run_cli("-c", f"import sys, {module}; print([m for m in {heavy} if m in sys.modules])")
+    result = run_cli("-c", f"import sys, {module}; print([m for m in {heavy} if m in sys.modules])", fresh=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -118,10 +103,21 @@ def _placements(sweep_dir, jobs: int) -> list[dict]:
     return [json.loads((sweep_dir / str(job) / "metrics.json").read_text())["placement"] for job in range(jobs)]
 
 
-def test_joblib_workers_take_one_device_each_from_the_machines_list(tmp_path):
+def test_joblib_runs_jobs_in_parallel_processes_each_on_one_device_of_the_machines_list(tmp_path):
     """On a CPU: a fake list of two GPU ids; each job's metrics.json says where it ran (CUDA_VISIBLE_DEVICES)."""
-    result = run_cli("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", *TINY,
-                     "hydra.callbacks.device_placement.devices=[3,5]", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    result = run_cli("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=baseline,bn_post",
+                     "seed=0,1", *TINY, "hydra.callbacks.device_placement.devices=[3,5]",
+                     f"hydra.sweep.dir={tmp_path}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    assert _statuses(tmp_path, 4) == ["completed"] * 4
+    output = result.stdout + result.stderr
+    settings = ["model=baseline seed=0", "model=baseline seed=1", "model=bn_post seed=0", "model=bn_post seed=1"]
+    for job, setting in enumerate(settings):  # from the worker processes, once each
+        assert output.count(f"[{job + 1}/4] job {job}: {setting}") == 1, setting
+        assert output.count(f"[{job + 1}/4] job {job} completed in") == 1, setting
+    assert "\t#0 : " not in output  # joblib's list of every job's overrides: the start lines say it shorter
+    # joblib gives each of the 2 workers its share of the cores, so they do not fight over threads
+    devices = {json.loads((tmp_path / str(job) / "metrics.json").read_text())["device"] for job in range(4)}
+    assert len(devices) == 1 and devices.pop().startswith("cpu (")
     assert_one_device_per_worker(_placements(tmp_path, 4), {"3", "5"})
     assert sorted(p.name for p in (tmp_path / ".devices").glob("*/*.lock")) == ["3.0.lock", "5.0.lock"]

@@ -16,6 +16,7 @@ import pytest
 import slurm_cluster
 from conftest import TINY, run_cli
 
+pytestmark = pytest.mark.cluster  # make test-cluster (5 min here, mostly Slurm's own waits), not make test
 NO_GPU = "hydra.launcher.gpus_per_node=0"  # the test node has none (GPUs under Slurm are not tested here)
 THREADS = "threads=1"  # local and Slurm runs compare bit for bit at one thread count
 # Long enough to stop a job in its second epoch: 150 batches an epoch, 4 epochs
@@ -37,23 +38,6 @@ def slurm(tmp_path_factory) -> dict[str, str]:
     slurm_cluster.stop(state)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(slurm, tmp_path_factory):
-    """sweep(*overrides) -> the folder of that sweep run locally, run once for the module (a reference many tests
-    compare with)."""
-    folders: dict[tuple[str, ...], Path] = {}
-
-    def sweep(*overrides: str) -> Path:
-        if overrides not in folders:
-            folder = tmp_path_factory.mktemp("local")
-            result = _sweep(folder, slurm, *overrides)
-            assert result.returncode == 0, result.stderr[-3000:]
-            folders[overrides] = folder
-        return folders[overrides]
-
-    return sweep
-
-
 def _metrics(job_dir: Path) -> dict:
     return json.loads((job_dir / "metrics.json").read_text())
 
@@ -72,15 +56,16 @@ def _slurm(env: dict, *command: str) -> str:
     return subprocess.run(command, env=os.environ | env, capture_output=True, text=True, check=True).stdout
 
 
-def _stop_in_epoch_two(env: dict, last_checkpoint: Path, *stop: str) -> threading.Thread:
-    """In the background: once the first epoch is saved (its last.ckpt), run the stop command on its Slurm job."""
+def _stop_in_epoch_two(env: dict, last_checkpoint: Path, *stop: str, task: str = "_0") -> threading.Thread:
+    """In the background: once the first epoch is saved (its last.ckpt), run the stop command on its Slurm job (the
+    array task ending in `task`, or the job itself when it is no array)."""
 
     def act() -> None:
         deadline = time.monotonic() + 120
         while not last_checkpoint.is_file() and time.monotonic() < deadline:
             time.sleep(0.2)
         jobs = _slurm(env, "squeue", "-h", "-o", "%i").split()  # `12` alone, or array tasks `12_0`, `12_1`
-        _slurm(env, *stop, next((job for job in jobs if job.endswith("_0")), jobs[0]))
+        _slurm(env, *stop, next((job for job in jobs if job.endswith(task)), jobs[0]))
 
     thread = threading.Thread(target=act)
     thread.start()
@@ -107,27 +92,36 @@ def test_a_failed_slurm_job_fails_the_sweep_and_says_so_in_the_summary(slurm, tm
     assert "| completed |" in summary and "| failed (InstantiationException: " in summary
 
 
-@pytest.mark.parametrize(
-    ("launcher", "stop"),
-    [
-        ("slurm", ("scontrol", "requeue")),  # pre-emption with requeue: SIGTERM, then the job runs again
-        ("slurm", ("scancel", "--signal=USR2")),  # what Slurm sends before the time limit: submitit requeues it
-        ("fused_slurm", ("scontrol", "requeue")),
-    ],
-)
-def test_a_requeued_job_continues_by_itself_to_the_numbers_of_an_uninterrupted_run(slurm, uninterrupted, tmp_path,
-                                                                                   launcher, stop):  # fmt: skip
-    grid = ["seed=0,1"] if launcher == "fused_slurm" else ["seed=0"]
-    saved = "fused_groups/0/last.ckpt" if launcher == "fused_slurm" else "0/checkpoints/last.ckpt"  # the group's own
-    stopper = _stop_in_epoch_two(slurm, tmp_path / "slurm" / saved, *stop)
-    result = _sweep(tmp_path / "slurm", slurm, f"hydra/launcher={launcher}", NO_GPU, *grid, *LONGER)
+def test_requeued_jobs_continue_by_themselves_to_the_numbers_of_an_uninterrupted_run(slurm, tmp_path):
+    # two array tasks of one sweep, each stopped in its second epoch: job 0 pre-empted with requeue (SIGTERM, then
+    # the job runs again), job 1 sent what Slurm sends before the time limit (USR2: submitit requeues it)
+    grid = ["seed=0,1", *LONGER]
+    stoppers = [_stop_in_epoch_two(slurm, tmp_path / "slurm" / "0/checkpoints/last.ckpt", "scontrol", "requeue"),
+                _stop_in_epoch_two(slurm, tmp_path / "slurm" / "1/checkpoints/last.ckpt", "scancel", "--signal=USR2",
+                                   task="_1")]  # fmt: skip
+    result = _sweep(tmp_path / "slurm", slurm, "hydra/launcher=slurm", NO_GPU, *grid)
+    for stopper in stoppers:
+        stopper.join()
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = _sweep(tmp_path / "local", slurm, *grid)
+    assert local.returncode == 0, local.stderr[-3000:]
+    for job in range(2):
+        assert _numbers(_metrics(tmp_path / "slurm" / str(job))) == _numbers(_metrics(tmp_path / "local" / str(job)))
+        logs = "".join(path.read_text() for path in (tmp_path / "slurm" / ".submitit").glob(f"*_{job}/*_log.*"))
+        assert logs.count("Restored all states from the checkpoint") == 1, job  # its second attempt continued
+
+
+def test_a_requeued_fused_group_continues_by_itself_to_the_numbers_of_an_uninterrupted_group(slurm, tmp_path):
+    grid = ["seed=0,1", *LONGER]  # two jobs, one group: one Slurm job (submitit's folder per job)
+    stopper = _stop_in_epoch_two(slurm, tmp_path / "slurm" / "fused_groups/0/last.ckpt", "scontrol", "requeue")
+    result = _sweep(tmp_path / "slurm", slurm, "hydra/launcher=fused_slurm", NO_GPU, *grid)
     stopper.join()
     assert result.returncode == 0, result.stderr[-3000:]
-    local = uninterrupted(*(["hydra/launcher=fused"] if launcher == "fused_slurm" else []), *grid, *LONGER)
-    for job in range(len(grid[0].split(","))):
-        assert _numbers(_metrics(tmp_path / "slurm" / str(job))) == _numbers(_metrics(local / str(job)))
-    if launcher == "fused_slurm":  # two jobs, one group: one Slurm job (submitit's folder per job)
-        assert len([p for p in (tmp_path / "slurm" / ".submitit").iterdir() if p.is_dir()]) == 1
+    local = _sweep(tmp_path / "local", slurm, "hydra/launcher=fused", *grid)
+    assert local.returncode == 0, local.stderr[-3000:]
+    for job in range(2):
+        assert _numbers(_metrics(tmp_path / "slurm" / str(job))) == _numbers(_metrics(tmp_path / "local" / str(job)))
+    assert len([p for p in (tmp_path / "slurm" / ".submitit").iterdir() if p.is_dir()]) == 1
     logs = "".join(path.read_text() for path in (tmp_path / "slurm" / ".submitit").glob("*/*_log.*"))
     assert logs.count("Restored all states from the checkpoint") == 1  # the second attempt continued
 
