@@ -16,7 +16,7 @@ import pytest
 import slurm_cluster
 from conftest import TINY, run_cli
 
-pytestmark = pytest.mark.cluster  # make test-cluster (5 min here, mostly Slurm's own waits), not make test
+pytestmark = pytest.mark.cluster  # make test-cluster (3.5 min here, mostly Slurm's own waits), not make test
 NO_GPU = "hydra.launcher.gpus_per_node=0"  # the test node has none (GPUs under Slurm are not tested here)
 THREADS = "threads=1"  # local and Slurm runs compare bit for bit at one thread count
 # Long enough to stop a job in its second epoch: 150 batches an epoch, 4 epochs
