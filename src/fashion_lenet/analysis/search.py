@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from fashion_lenet.sweep.errors import UserError
-from fashion_lenet.sweep.jobfiles import job_dirs, read_metrics
+from fashion_lenet.sweep.jobfiles import FINISHED, job_dirs, read_metrics
 from fashion_lenet.sweep.naming import MULTIRUN_FILE, STUDY_FILE
 from fashion_lenet.sweep.trials import epochs_saved
 from fashion_lenet.training.plots import plt, save
@@ -170,9 +170,9 @@ def importances_figure(weights: dict[str, float], path: Path) -> None:
 def _overview(sweep_dir: Path, rows: list[dict], done: list[dict], best: dict, keys: list[str]) -> list[str]:
     """How many trials ended how, the epochs pruning saved, the training time, and the best trial's values."""
     shared = [f"{k}={v}" for k, v in best["params"].items() if k not in keys]
-    failed = [r for r in rows if r["status"] not in ("completed", "pruned")]
+    failed = [r for r in rows if r["status"] not in FINISHED]
     pruned, saved, planned = epochs_saved([r["metrics"] for r in rows])
-    trained = [r for r in rows if r["status"] in ("completed", "pruned")]
+    trained = [r for r in rows if r["status"] in FINISHED]
     # a fused group's wall time is shared by its members
     seconds = sum((r["wall_s"] or 0) / r["group"] for r in trained)
     return [

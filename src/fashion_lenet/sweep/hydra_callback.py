@@ -14,7 +14,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fashion_lenet.sweep.jobfiles import METRICS_FILE, outcome, read_metrics, write_atomic, write_json_atomic
+from fashion_lenet.sweep.jobfiles import FINISHED, METRICS_FILE, outcome, read_metrics, write_atomic, write_json_atomic
 from fashion_lenet.sweep.naming import job_settings, job_title
 from fashion_lenet.sweep.summary import SUMMARY_FILE, print_sweep_summary, progress, summary_markdown
 
@@ -41,7 +41,7 @@ class JobOutcome(Callback):
             return
         metrics = read_metrics(job_dir)
         if config.hydra.mode.name == "MULTIRUN":
-            level = logging.INFO if (metrics or {}).get("status") in ("completed", "pruned") else logging.WARNING
+            level = logging.INFO if (metrics or {}).get("status") in FINISHED else logging.WARNING
             log.log(level, f"{job_title(config.hydra)} {outcome(metrics)}{_sweep_progress(config)}")
             sweep_dir = Path(config.hydra.sweep.dir)
             write_atomic(sweep_dir / SUMMARY_FILE, summary_markdown(sweep_dir))

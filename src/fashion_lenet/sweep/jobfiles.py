@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 METRICS_FILE = "metrics.json"
+FINISHED = ("completed", "pruned")  # statuses of a job that ended as planned (pruned: stopped by an Optuna search)
 FUSED_GROUP_FILE = "fused_group.json"  # a fused group's member: the group, written when it starts (resume.py)
 
 
@@ -73,7 +74,7 @@ def outcome(metrics: dict | None) -> str:
     """A job's end, in words: `completed in 41 s: best epoch 9, val acc 90.12%, test acc 89.80% (best checkpoint)`;
     a pruned job's starts `pruned after epoch 3 of 30 in 9 s`."""
     metrics = metrics or {"status": "incomplete"}
-    if metrics["status"] in ("completed", "pruned"):
+    if metrics["status"] in FINISHED:
         status = "completed" if metrics["status"] == "completed" else (
             f"pruned after epoch {len(metrics['history']) - 1} of {metrics['max_epochs']}")  # fmt: skip
         return (

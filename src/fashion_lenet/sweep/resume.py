@@ -20,12 +20,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_lenet.sweep.errors import ConfigError
-from fashion_lenet.sweep.jobfiles import FUSED_GROUP_FILE, METRICS_FILE, job_dirs, read_json, read_metrics
+from fashion_lenet.sweep.jobfiles import FINISHED, FUSED_GROUP_FILE, METRICS_FILE, job_dirs, read_json, read_metrics
 from fashion_lenet.sweep.naming import HOW_TO_CONTINUE, MULTIRUN_FILE, override_key
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("completed", "pruned")  # a job that ended as planned (pruned: stopped early by an Optuna search)
 KEPT = {True: (*FINISHED, "failed", "diverged"), "retry": FINISHED}  # per resume mode
 
 

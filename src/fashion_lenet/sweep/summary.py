@@ -8,9 +8,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fashion_lenet.sweep.jobfiles import METRICS_FILE, job_dirs, read_metrics
+from fashion_lenet.sweep.jobfiles import FINISHED, METRICS_FILE, job_dirs, read_metrics
 from fashion_lenet.sweep.naming import MULTIRUN_FILE, sweep_shape
-from fashion_lenet.sweep.resume import FINISHED, resume_command
+from fashion_lenet.sweep.resume import resume_command
 from fashion_lenet.sweep.trials import epochs_saved
 
 SUMMARY_FILE = "summary.md"
@@ -64,9 +64,9 @@ def progress(sweep_dir: Path, now: float | None = None) -> str:
     """`12 min in, about 20 min left`: the time since the sweep (or its resume) started, and the time its jobs still
     to finish take at the pace of those that finished since then (no estimate before the first has)."""
     sweep_dir, now = Path(sweep_dir), time.time() if now is None else now
-    started = (sweep_dir / MULTIRUN_FILE).stat().st_mtime if (sweep_dir / MULTIRUN_FILE).is_file() else None
-    if started is None:
+    if not (sweep_dir / MULTIRUN_FILE).is_file():
         return ""
+    started = (sweep_dir / MULTIRUN_FILE).stat().st_mtime
     _, jobs = sweep_shape(sweep_dir)
     ended = [job / METRICS_FILE for job in job_dirs(sweep_dir)
              if (read_metrics(job) or {}).get("status") in (*FINISHED, "failed", "diverged")]  # fmt: skip

@@ -109,7 +109,6 @@ def _fit_test_and_record(trainer: pl.Trainer, module: LeNetModule, datamodule: p
         raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
     histories, diverged = [list(rows) for rows in history.histories], list(history.diverged)
     tested = module.test_best(trainer, datamodule, [None if d else outputs.best(n) for n, d in enumerate(diverged)])
-    ended = ["pruned" if pruned else "completed" for pruned in history.pruned]  # a pruned job's best is tested too
     wall = time.perf_counter() - start
     results = []
     for n, (job, rows, best) in enumerate(zip(jobs, histories, tested, strict=True)):
@@ -118,7 +117,8 @@ def _fit_test_and_record(trainer: pl.Trainer, module: LeNetModule, datamodule: p
             metrics |= {"status": "diverged", "best_val_acc": None, "test_acc": None}
         else:
             completed.add(n)
-            metrics |= {"status": ended[n]} | best_checkpoint_results(
+            # a pruned job's best is tested too
+            metrics |= {"status": "pruned" if history.pruned[n] else "completed"} | best_checkpoint_results(
                 rows, best.val_acc, best.path, best.test_acc, best.test_loss, best.confusion
             )
             if job.logger is not None:
