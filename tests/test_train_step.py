@@ -14,8 +14,9 @@ from torch import nn
 from fashion_lenet.sweep.config import compose_job
 from fashion_lenet.training.data import FashionMNISTDataModule
 from fashion_lenet.training.fused import FusedLeNet5
+from fashion_lenet.training.losses import TrainingLoss
 from fashion_lenet.training.models import LeNet5
-from fashion_lenet.training.module import LeNetModule, member_losses
+from fashion_lenet.training.module import LeNetModule
 from fashion_lenet.training.train_step import WARMUP_STEPS, TrainStep
 from train import train
 
@@ -45,8 +46,7 @@ def _batches(split, device, sizes):
 
 def _step(net: nn.Module, device, capture: bool) -> TrainStep:
     """The step of a group of one, without label smoothing, with a plain backward."""
-    losses = lambda logits, labels: member_losses(logits, labels, [0.0])  # noqa: E731
-    return TrainStep(net, losses, lambda loss: loss.backward(), 1, torch.device(device), capture)
+    return TrainStep(net, TrainingLoss([0.0]), lambda loss: loss.backward(), 1, torch.device(device), capture)
 
 
 def test_totals_and_gradients_match_a_plain_backward(train_split):

@@ -44,9 +44,11 @@ from fashion_lenet.training import lifecycle
 log = logging.getLogger(__name__)
 
 # Config keys that may differ between the members of one group: each member's own number in the fused step
+# (a teacher is shared: members of one group learn from one teacher)
 # (technique is only the report's label, logger.name the TensorBoard run's).
 PER_MEMBER = ("seed", "data.shuffle_seed", "data.augment", "data.max_shift", "optim.lr", "optim.weight_decay",
-              "optim.momentum", "model.dropout_p", "label_smoothing", "technique", "logger.name")  # fmt: skip
+              "optim.momentum", "model.dropout_p", "label_smoothing", "distill.temperature", "distill.alpha",
+              "technique", "logger.name")  # fmt: skip
 
 
 class Job:

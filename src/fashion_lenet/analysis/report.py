@@ -36,9 +36,10 @@ SEED_FIGURE_2 = {
     "batch_norm": (95.47, 89.61),
     "weight_decay": (91.81, 89.64),
 }
+STUDENT_KEYS = ("distill_temperature", "distill_alpha")  # only distilled jobs have them (jobfiles.job_hparams)
 # Hyperparameters that define a setting; lr is chosen per setting, seeds are repeats.
 SETTING_KEYS = ("technique", "model", "optimizer", "weight_decay", "dropout_p", "batch_size", "max_epochs", "scheduler",
-                "label_smoothing", "max_shift")
+                "label_smoothing", "max_shift", *STUDENT_KEYS)
 ALPHA = 0.05
 
 
@@ -192,7 +193,8 @@ def figure_2(best: dict[tuple, Group], labels: dict[tuple, str], path: Path) -> 
 
 
 def write_jobs_csv(jobs: list[Job], path: Path) -> None:
-    columns = ["job", *SETTING_KEYS, "lr", "seed", "status", "best_epoch", "best_val_acc", "test_acc",
+    settings = [k for k in SETTING_KEYS if k not in STUDENT_KEYS or any(k in job.metrics for job in jobs)]
+    columns = ["job", *settings, "lr", "seed", "status", "best_epoch", "best_val_acc", "test_acc",
                "final_train_acc", "wall_time_s", "device"]  # fmt: skip
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)

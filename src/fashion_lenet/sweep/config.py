@@ -13,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fashion_lenet.sweep.errors import ConfigError
+from fashion_lenet.sweep.errors import ConfigError, UserError
+from fashion_lenet.sweep.jobfiles import finished_jobs
 from fashion_lenet.sweep.naming import run_name
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -52,6 +53,16 @@ def _checkpoint(value: Any) -> bool:
     return value is None or value in ("last", "hpc") or "://" in str(value) or Path(str(value)).is_file()
 
 
+def _folders(value: Any) -> bool:
+    return (isinstance(value, str) and value != "") or (
+        OmegaConf.is_list(value) and len(value) > 0 and all(isinstance(v, str) and v for v in value))
+
+
+def teacher_folders(value: Any) -> list[Path]:
+    """distill.teacher's folders: one path, or a list of them."""
+    return [] if value is None else [Path(v) for v in ([value] if isinstance(value, str) else value)]
+
+
 def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     """(key, test, what is allowed). Keys missing from a config (e.g. momentum for Adam) are skipped."""
     return [
@@ -78,6 +89,9 @@ def rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         # a shift of the whole image size (28) or more can move every pixel out of the picture
         ("data.max_shift", lambda v: _integer(v) and 0 <= v < 28, "an integer from 0 to 27 (pixels)"),
         ("trainer.max_epochs", *_integer_from(1)),
+        ("distill.teacher", lambda v: v is None or _folders(v), "null, or a job or sweep folder (or a list of them)"),
+        ("distill.temperature", lambda v: _number(v) and v > 0, "a number > 0"),
+        ("distill.alpha", lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         ("trainer.accelerator", lambda v: v in ACCELERATORS, ", ".join(ACCELERATORS)),
     ]
 
@@ -105,6 +119,7 @@ _ABSENT = object()
 def validate(cfg: DictConfig, multirun: bool = False) -> None:
     """Raise ConfigError naming the first bad key, its value and what is allowed."""
     check(cfg, rules())
+    check_teacher(cfg)
     devices = OmegaConf.select(cfg, "trainer.devices", default=1)
     if multirun and devices not in (1, "1") and not (OmegaConf.is_list(devices) and len(devices) == 1):
         raise ConfigError(
@@ -112,6 +127,34 @@ def validate(cfg: DictConfig, multirun: bool = False) -> None:
             "(Lightning's DDP re-launch breaks under Hydra multirun); use trainer.devices=1, or run a single "
             "job (no -m) with several devices"
         )
+
+
+def check_teacher(cfg: DictConfig) -> None:
+    """distill.teacher: folders of finished jobs with this job's classes, trained on this job's train/validation
+    split (a teacher that saw the job's validation images would make choosing on them dishonest)."""
+    teacher = OmegaConf.select(cfg, "distill.teacher", default=None)
+    for folder in teacher_folders(teacher):
+        try:
+            jobs = finished_jobs(folder)
+        except UserError as error:
+            raise ConfigError(f"distill.teacher: {error}") from None
+        for job, _ in jobs:
+            saved = job / ".hydra" / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"distill.teacher: {job} has no .hydra/config.yaml, so its train/validation split "
+                                  "cannot be checked: give folders of jobs this project trained")  # fmt: skip
+            trained = OmegaConf.load(saved)
+            theirs, ours = (OmegaConf.select(c, "model.num_classes", default=10) for c in (trained, cfg))
+            if theirs != ours:
+                raise ConfigError(f"distill.teacher: {job} predicts {theirs} classes, this job {ours}: give a "
+                                  "teacher trained on the same classes")  # fmt: skip
+            for key in ("data.val_fraction", "data.split_seed"):
+                theirs, ours = OmegaConf.select(trained, key), OmegaConf.select(cfg, key)
+                if theirs != ours:
+                    raise ConfigError(f"distill.teacher: {job} was trained on another train/validation split "
+                                      f"({key}={theirs!r}, this job's {ours!r}): it has seen this job's validation "
+                                      "images, so choosing on them would not be honest; train the teacher on this "
+                                      "split")  # fmt: skip
 
 
 def check(cfg: DictConfig, table: list[tuple[str, Callable[[Any], bool], str]]) -> None:

@@ -14,7 +14,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fashion_lenet.sweep.errors import UserError
 
 METRICS_FILE = "metrics.json"
 FINISHED = ("completed", "pruned")  # statuses of a job that ended as planned (pruned: stopped by an Optuna search)
@@ -54,7 +56,7 @@ def job_hparams(cfg: DictConfig, choices) -> dict:
 
     choices: Hydra's config-group choices of the job (hydra.runtime.choices).
     """
-    return {
+    hparams = {
         "technique": cfg.technique,
         "model": choices.get("model"),
         "optimizer": choices.get("optim"),
@@ -68,6 +70,9 @@ def job_hparams(cfg: DictConfig, choices) -> dict:
         "label_smoothing": cfg.label_smoothing,
         "max_shift": cfg.data.max_shift if cfg.data.augment else None,  # None: no augmentation
     }
+    if OmegaConf.select(cfg, "distill.teacher", default=None):  # a student's own keys
+        hparams |= {"distill_temperature": cfg.distill.temperature, "distill_alpha": cfg.distill.alpha}
+    return hparams
 
 
 def outcome(metrics: dict | None) -> str:
@@ -103,6 +108,28 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     it wrote them leaves a folder that is no job)."""
     folders = (p for p in Path(sweep_dir).iterdir() if (p / ".hydra" / "overrides.yaml").is_file())
     return sorted(folders, key=_job_number)
+
+
+def finished_jobs(folder: Path) -> list[tuple[Path, Path]]:
+    """(job folder, best checkpoint) of each job in `folder` (a job folder, or a sweep folder of them, in job order)
+    that ended as planned (FINISHED); raises UserError when there is none. The checkpoint is looked up in the job's
+    checkpoints/ first, so a job folder that was moved or copied still finds its own."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder} does not exist: give a job folder or a sweep folder of finished jobs")
+    found = []
+    for job in [folder] if (folder / METRICS_FILE).is_file() else job_dirs(folder):
+        metrics = read_metrics(job) or {}
+        if metrics.get("status") in FINISHED and metrics.get("best_checkpoint"):
+            written = Path(metrics["best_checkpoint"])
+            moved = job / "checkpoints" / written.name
+            found.append((job, moved if moved.is_file() else written))
+    if not found:
+        raise UserError(f"{folder} holds no finished job (status completed or pruned, with its metrics.json)")
+    for job, checkpoint in found:
+        if not checkpoint.is_file():
+            raise UserError(f"{job}'s best checkpoint {checkpoint.name} is missing from {job / 'checkpoints'}")
+    return found
 
 
 def _job_number(path: Path) -> tuple[int, str]:

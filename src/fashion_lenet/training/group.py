@@ -6,6 +6,8 @@ checkpoint (an ordinary checkpoint of a one-member LeNetModule: `evaluate` and `
 The group's last.ckpt (Lightning's ModelCheckpoint) is what an interrupted group resumes from, as one group: a
 group of one keeps it in its job's checkpoints/, a larger group in `<sweep>/fused_groups/<first job>/`. A member
 whose loss stops being finite stops training, as does one an Optuna search prunes (pruning.py); the others go on.
+With `distill.teacher` set, the group learns from that ensemble too (losses.py), each member with its own
+temperature and alpha.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from fashion_lenet.sweep.config import teacher_folders
 from fashion_lenet.sweep.errors import UserError
 from fashion_lenet.training import lifecycle
 from fashion_lenet.training.callbacks import EpochHistory
+from fashion_lenet.training.ensemble import load_ensemble
 from fashion_lenet.training.lifecycle import JobRecord
+from fashion_lenet.training.losses import Distillation
 from fashion_lenet.training.module import LeNetModule
 from fashion_lenet.training.pruning import trial_pruning
 
@@ -105,6 +110,20 @@ def _monitored_checkpoint(cfg: DictConfig) -> ModelCheckpoint:
     return next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
 
 
+def _distillation(members: list[Member]) -> Distillation | None:
+    """The members' teacher (one for the group, as the fused launcher groups jobs) with each member's temperature
+    and alpha, recorded in each member's metrics.json; None without a teacher."""
+    teacher = members[0].cfg.distill.teacher
+    if not teacher:
+        return None
+    ensemble, jobs = load_ensemble(teacher_folders(teacher))
+    distillation = Distillation(ensemble, jobs, [m.cfg.distill.temperature for m in members],
+                                [m.cfg.distill.alpha for m in members])  # fmt: skip
+    for n, member in enumerate(members):
+        member.extra["distill"] = distillation.record(n)
+    return distillation
+
+
 def group_folder(sweep_dir: Path, members: list[Member]) -> Path:
     """Where a fused group's own checkpoint lives: named after its first job, which belongs to no other group."""
     return Path(sweep_dir) / "fused_groups" / members[0].output_dir.name
@@ -135,9 +154,11 @@ def train_group(members: list[Member], resume_hint: str, ckpt_path: str | None =
     pruning = [found] if (found := trial_pruning([m.output_dir for m in members], history)) else []
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[history, outputs, *pruning, *shared], logger=False)
 
+    distillation = _distillation(members)
     module = LeNetModule([m.node("model") for m in members], [m.node("optim") for m in members],
                          members[0].node("scheduler"), cfg.cuda_graph and (len(members) == 1 or fused_cuda_graph),
-                         [m.cfg.label_smoothing for m in members], seeds=[m.cfg.seed for m in members])  # fmt: skip
+                         [m.cfg.label_smoothing for m in members], seeds=[m.cfg.seed for m in members],
+                         distillation=distillation)  # fmt: skip
     data = OmegaConf.to_container(cfg.data, resolve=True)
     per_member = {key: [m.cfg.data[key] for m in members] for key in ("shuffle_seed", "augment", "max_shift")}
     datamodule = instantiate(data | per_member)

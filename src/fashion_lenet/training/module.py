@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from fashion_lenet.training.checkpoints import load_checkpoint
 from fashion_lenet.training.fused import FusedDropout, FusedLeNet5, MemberParameters, per_member
 from fashion_lenet.training.lifecycle import BestCheckpoint
+from fashion_lenet.training.losses import Distillation, TrainingLoss
 from fashion_lenet.training.train_step import TrainStep, tally
 
 NUM_CLASSES = 10
@@ -46,16 +47,6 @@ def set_fit_flags(device: torch.device) -> None:
         skip_per_step_gpu_lookup()
 
 
-def member_losses(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: list[float]) -> torch.Tensor:
-    """[members, B] training cross-entropies, each member's with its own label smoothing ε (torch's loss)."""
-    if len(set(label_smoothing)) == 1:  # one ε for all (a solo run): one call over every member's batch
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none",
-                               label_smoothing=label_smoothing[0]).view_as(labels)  # fmt: skip
-    return torch.stack([F.cross_entropy(member_logits, member_labels, reduction="none", label_smoothing=epsilon)
-                        for member_logits, member_labels, epsilon in zip(logits, labels, label_smoothing,
-                                                                         strict=True)])  # fmt: skip
-
-
 class LeNetModule(pl.LightningModule):
     """`members` LeNet-5s of one network shape, trained as one (`FusedLeNet5`; one member is a plain LeNet5).
 
@@ -68,13 +59,16 @@ class LeNetModule(pl.LightningModule):
     `label_smoothing`: of the training loss only; validation and test report the plain cross-entropy.
     `seeds`: each member's initial weights are its solo run's: built right after torch.manual_seed(seed); None
     keeps torch's global generator as it is (a checkpoint's weights then replace them).
+    `distillation`: the teacher and each member's temperature and weight (losses.py), or None; not a
+    hyperparameter: a member's checkpoint is a plain LeNet-5 that needs no teacher to be loaded.
     """
 
     def __init__(self, net: dict | list[dict], optimizer: dict | list[dict], scheduler: dict | None = None,
                  cuda_graph: bool = True, label_smoothing: float | list[float] = 0.0,
-                 seeds: list[int] | None = None):  # fmt: skip
+                 seeds: list[int] | None = None, distillation: Distillation | None = None):  # fmt: skip
         super().__init__()
-        self.save_hyperparameters(ignore=["seeds"], logger=False)  # lifecycle.py logs hparams, with the results
+        # lifecycle.py logs hparams, with the results
+        self.save_hyperparameters(ignore=["seeds", "distillation"], logger=False)
         # The step is ours (TrainStep): Lightning's closure cannot replay a CUDA graph. Lightning still counts
         # the optimizer steps, saves and restores everything; the scheduler is stepped per epoch below.
         self.automatic_optimization = False
@@ -82,7 +76,7 @@ class LeNetModule(pl.LightningModule):
         self.members = len(nets)
         self.optimizer_nodes = per_member(optimizer, self.members)
         self.label_smoothing = [float(e) for e in per_member(label_smoothing, self.members)]
-        self.seeds = seeds
+        self.seeds, self.distillation = seeds, distillation
         self.net, dropout_states = self._build(nets, seeds)
         self.dropout_states = dropout_states  # each member's dropout stream on the CPU: the RNG after its build
         self.dropout_generators: list[torch.Generator] | None = None  # on the trainer's device, made in setup()
@@ -133,6 +127,8 @@ class LeNetModule(pl.LightningModule):
         return logits[0] if self.members == 1 else logits
 
     def setup(self, stage: str) -> None:
+        if self.distillation is not None:
+            self.distillation.to(self.trainer.strategy.root_device)
         # Before a checkpoint restores their states: each member's dropout generator on the trainer's device.
         has_dropout = any(isinstance(layer, FusedDropout) for layer in self.net.modules())
         if self.dropout_generators is None and has_dropout:
@@ -164,7 +160,7 @@ class LeNetModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # Here the net is on its device and any checkpoint is restored: what a graph records must not move.
         capture = self.hparams.cuda_graph and self.trainer.world_size == 1  # DDP's gradient sync is not replayable
-        losses = lambda logits, labels: member_losses(logits, labels, self.label_smoothing)  # noqa: E731
+        losses = TrainingLoss(self.label_smoothing, self.distillation)
         self.train_step = TrainStep(self.net, losses, self.manual_backward, self.members, self.device, capture)
 
     def training_step(self, batch, batch_idx: int) -> None:

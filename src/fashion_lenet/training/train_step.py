@@ -20,7 +20,8 @@ class TrainStep:
     """Computes gradients for one batch of every member into the net's `.grad` and adds each member's loss and hits
     to `totals`.
 
-    images [members, B, 1, 28, 28], labels [members, B]; `losses(logits, labels)` -> [members, B] training losses.
+    images [members, B, 1, 28, 28], labels [members, B]; `losses(images, logits, labels)` -> [members, B] training
+    losses (losses.TrainingLoss).
     totals = [members, 3]: per member the sum of its training losses (label-smoothed when set), correct predictions
     and images since the last `take_totals()`; kept on the device (inside the graph when captured), so no step waits
     for the host. With `capture`, CUDA batches of the captured shape replay one graph; the first steps and batches
@@ -64,7 +65,7 @@ class TrainStep:
         # In place: a graph's gradient tensors must stay, and fused members' gradients are views of these.
         self.net.zero_grad(set_to_none=False)
         logits = self.net(images)
-        losses = self.losses(logits, labels)
+        losses = self.losses(images, logits, labels)
         # The sum of the members' mean losses: each member's gradient is that of its own mean loss.
         self.backward(losses.mean(1).sum())
         with torch.no_grad():
