@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -91,3 +92,23 @@ def test_missing_notes_file_is_refused_before_anything_is_written(sweep, tmp_pat
     with pytest.raises(UserError, match=r"^--notes \S+missing.md is not a file"):
         build_report([sweep], tmp_path / "out", notes=tmp_path / "missing.md")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_committed_studys_jobs_csv_joins_the_welch_tests_with_the_numbers_of_its_jobs(sweep, tmp_path):
+    build_report([sweep], tmp_path / "committed")  # its jobs.csv, as results/<study>/ keeps it
+    only_baseline = tmp_path / "baseline"
+    for number in range(3):  # a new study: the baseline at lr 1e-3 again
+        shutil.copytree(sweep / str(number), only_baseline / str(number))
+    text = build_report([only_baseline], tmp_path / "out", against=[tmp_path / "committed" / "jobs.csv"])
+    best, _ = best_groups(load_jobs([sweep]))
+    baseline, dropout = sorted(best.values(), key=lambda g: dict(g.setting)["technique"])
+    p = welch(baseline, dropout)
+    assert f"| baseline | dropout (committed/jobs.csv) | +8.00 | {p:.3f} | different |" in text
+    assert "| baseline | baseline (committed/jobs.csv) | +0.00 | 1.000 | inside noise |" in text
+
+
+def test_a_missing_jobs_csv_to_compare_against_is_refused(sweep, tmp_path):
+    from fashion_lenet.sweep.errors import UserError
+
+    with pytest.raises(UserError, match=r"^--against \S+nothing.csv is not a file"):
+        build_report([sweep], tmp_path / "out", against=[tmp_path / "nothing.csv"])

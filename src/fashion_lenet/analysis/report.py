@@ -5,7 +5,8 @@
 Reads every job's metrics.json. Jobs are grouped into settings (every hyperparameter but the learning rate
 and the seed); each setting's learning rate is chosen by mean *validation* accuracy, and only then are its
 train and test accuracies reported, as mean ± sample std over seeds. Failed, diverged and incomplete jobs
-are listed and left out.
+are listed and left out. `--against results/<study>/jobs.csv` adds a committed study's settings to the Welch tests
+(its job folders need not exist: its jobs.csv holds each job's settings and accuracies).
 """
 
 from __future__ import annotations
@@ -104,6 +105,27 @@ def load_jobs(sweep_dirs: list[Path]) -> list[Job]:
     if not jobs:
         raise UserError(f"no job folders (with .hydra/) under {', '.join(map(str, sweep_dirs))}")
     return jobs
+
+
+def load_jobs_csv(path: Path) -> list[Job]:
+    """A committed report's jobs.csv as jobs: each job's settings, seed, status and accuracies (no history)."""
+    if not path.is_file():
+        raise UserError(f"--against {path} is not a file: give a report's jobs.csv (results/<study>/jobs.csv)")
+    with path.open(newline="") as handle:
+        return [Job(Path(row["job"]), {key: _typed(value) for key, value in row.items()})
+                for row in csv.DictReader(handle)]  # fmt: skip
+
+
+def _typed(text: str) -> int | float | str | None:
+    """A CSV cell as write_jobs_csv wrote the value: None (empty), an int, a float, or text."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def best_groups(jobs: list[Job]) -> tuple[dict[tuple, Group], dict[tuple, list[Group]]]:
@@ -216,10 +238,18 @@ def sweep_wall_time(jobs: list[Job]) -> str:
     return f"{(end - start).total_seconds() / 60:.1f} min (first job started {start:%Y-%m-%d %H:%M} UTC)"
 
 
-def build_report(sweep_dirs: list[Path], out: Path, notes: Path | None = None) -> str:
-    """report.md (returned too), its figures and jobs.csv in `out`; `notes` (markdown) is appended."""
+def build_report(sweep_dirs: list[Path], out: Path, notes: Path | None = None, against: list[Path] = ()) -> str:
+    """report.md (returned too), its figures and jobs.csv in `out`; `notes` (markdown) is appended; `against`:
+    committed studies' jobs.csv, whose settings join the Welch tests."""
     if notes and not notes.is_file():  # checked first: a report without its notes must not be half written
         raise UserError(f"--notes {notes} is not a file: give the markdown file to append to the report")
+    committed: dict[tuple, Group] = {}
+    committed_labels: dict[tuple, str] = {}
+    for path in against:
+        study, _ = best_groups(load_jobs_csv(path))
+        for setting, label in setting_labels(list(study)).items():
+            key = (("study", str(path)), *setting)  # apart from this report's settings, even when equal
+            committed[key], committed_labels[key] = study[setting], f"{label} ({path.parent.name}/jobs.csv)"
     jobs = load_jobs(sweep_dirs)
     best, all_groups = best_groups(jobs)
     if not best:
@@ -231,7 +261,8 @@ def build_report(sweep_dirs: list[Path], out: Path, notes: Path | None = None) -
     best_run = max(top.jobs, key=lambda j: j.metrics["best_val_acc"])
     out.mkdir(parents=True, exist_ok=True)
     write_figures(jobs, best, labels, top, best_run, out)
-    lines = [*_header(sweep_dirs, jobs), *_final_accuracies(best, labels), *_differences(best, labels),
+    lines = [*_header(sweep_dirs, jobs), *_final_accuracies(best, labels),
+             *_differences(best | committed, labels | committed_labels),
              *_every_learning_rate(best, all_groups, labels), *_per_class(top, best_run, labels), *_left_out(jobs)]
     if notes:
         lines += [notes.read_text().strip(), ""]
@@ -346,9 +377,11 @@ def main() -> None:
     parser.add_argument("sweeps", nargs="+", type=Path, help="sweep folders, e.g. multirun/2026-11-27/10-00-00-1")
     parser.add_argument("--out", type=Path, default=Path("reports/latest"), help="output folder")
     parser.add_argument("--notes", type=Path, help="a markdown file appended to the report (conclusions)")
+    parser.add_argument("--against", type=Path, action="append", default=[],
+                        help="a committed study's jobs.csv whose settings join the Welch tests (repeatable)")
     args = parser.parse_args()
     try:
-        build_report(args.sweeps, args.out, args.notes)
+        build_report(args.sweeps, args.out, args.notes, args.against)
     except UserError as error:
         sys.exit(f"error: {error}")
     print(f"wrote {args.out / 'report.md'}")
