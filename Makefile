@@ -14,10 +14,10 @@ APT_WAIT := -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT)
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test test-cluster bench gpu-check study report tensorboard lint clean
+.PHONY: help install data train test test-cluster bench gpu-check study distill-study report tensorboard lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 install: $(STAMP) data ## create .venv, install the project with its test tools, get the data
 
@@ -59,6 +59,16 @@ study: install ## run the seed study (4 techniques x 3 lr x 3 seeds), then its r
 	$(PY) train.py -m experiment=seed_study hydra.sweep.dir=multirun/seed_study $(ARGS); status=$$?; \
 	$(PY) -m fashion_lenet.analysis.report multirun/seed_study --out results/seed_study --notes results/seed_study/conclusion.md; \
 	exit $$status
+
+distill-study: install ## 10 recipe LeNet-5s as a teacher ensemble, a distillation search, 3 students: results/lenet5_*
+	$(PY) train.py -m experiment=lenet5_teacher hydra/launcher=fused hydra.sweep.dir=multirun/lenet5_teacher
+	$(PY) -m fashion_lenet.analysis.report multirun/lenet5_teacher --out results/lenet5_ensemble
+	$(PY) -m fashion_lenet.analysis.ensemble multirun/lenet5_teacher --out results/lenet5_ensemble
+	$(PY) train.py -m experiment=lenet5_distill_search hydra/launcher=fused hydra.sweep.dir=multirun/lenet5_distill_search
+	$(PY) -m fashion_lenet.analysis.report multirun/lenet5_distill_search --out results/lenet5_distill_search
+	$(PY) train.py -m experiment=lenet5_student hydra/launcher=fused hydra.sweep.dir=multirun/lenet5_student
+	$(PY) -m fashion_lenet.analysis.report multirun/lenet5_student --out results/lenet5_student \
+		--against results/lenet5_recipe/jobs.csv --notes results/lenet5_student/notes.md
 
 report: install ## report of a sweep: make report SWEEP=multirun/<date>/<time> (default: the newest)
 	$(PY) -m fashion_lenet.analysis.report $(SWEEP) --out reports/$(notdir $(SWEEP))

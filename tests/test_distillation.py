@@ -11,7 +11,7 @@ from conftest import TINY, run_cli
 from test_fused import THREADS, _members_follow_their_solo_runs
 
 from fashion_lenet.sweep.config import compose_job, validate
-from fashion_lenet.sweep.errors import ConfigError
+from fashion_lenet.sweep.errors import ConfigError, UserError
 from fashion_lenet.training.data import FashionMNISTDataModule
 from fashion_lenet.training.module import LeNetModule
 from train import train
@@ -122,13 +122,16 @@ def test_fused_students_each_with_its_temperature_and_alpha_follow_their_solo_ru
 
 
 def test_a_student_resumes_exactly_where_it_stopped(teacher, make_cfg, tmp_path):
-    common = [*TINY, "model=dropout", "++trainer.limit_train_batches=20", "data.augment=true",
-              f"distill.teacher={teacher}", "distill.alpha=0.7"]  # fmt: skip
-    straight = train(make_cfg(*common, "trainer.max_epochs=2"))
-    first = train(compose_job([*common, "trainer.max_epochs=1"], tmp_path / "resumed"))
-    resumed = train(compose_job([*common, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path / "resumed"))
+    common = [*TINY, "model=dropout", "++trainer.limit_train_batches=20", "data.augment=true", "distill.alpha=0.7"]
+    common_with_teacher = [*common, f"distill.teacher={teacher}"]
+    straight = train(make_cfg(*common_with_teacher, "trainer.max_epochs=2"))
+    first = train(compose_job([*common_with_teacher, "trainer.max_epochs=1"], tmp_path / "resumed"))
+    resumed = train(compose_job([*common_with_teacher, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path / "resumed"))
     assert resumed["history"][0] == first["history"][0]  # loaded, not trained again
     assert _numbers(resumed) == _numbers(straight)
+    another = [*common, f"distill.teacher={teacher / '0'}", "trainer.max_epochs=3", "ckpt_path=last"]
+    with pytest.raises(UserError, match="^this checkpoint learned from the teacher .* resume with the distill.teacher"):
+        train(compose_job(another, tmp_path / "resumed"))
 
 
 def _copy_with(teacher: Path, folder: Path, key: str, value) -> Path:

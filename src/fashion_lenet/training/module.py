@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from fashion_lenet.sweep.errors import UserError
 from fashion_lenet.training.checkpoints import load_checkpoint
 from fashion_lenet.training.fused import FusedDropout, FusedLeNet5, MemberParameters, per_member
 from fashion_lenet.training.lifecycle import BestCheckpoint
@@ -264,8 +265,15 @@ class LeNetModule(pl.LightningModule):
             checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
         if self.dropout_generators:
             checkpoint["dropout_generators"] = [g.get_state() for g in self.dropout_generators]
+        checkpoint["distill_teacher"] = self._teacher_jobs()
+
+    def _teacher_jobs(self) -> list[str] | None:
+        return None if self.distillation is None else [str(job.resolve()) for job in self.distillation.jobs]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("distill_teacher") != self._teacher_jobs():  # the teacher is rebuilt, not saved
+            raise UserError(f"this checkpoint learned from the teacher {checkpoint.get('distill_teacher')}, not "
+                            f"{self._teacher_jobs()}: resume with the distill.teacher it was trained with")  # fmt: skip
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
         if "cuda_rng_state" in checkpoint and torch.cuda.device_count() == len(checkpoint["cuda_rng_state"]):
