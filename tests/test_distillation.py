@@ -94,8 +94,7 @@ def _numbers(metrics: dict) -> list[dict]:
 
 
 def test_a_student_records_its_teacher_and_with_alpha_zero_learns_from_the_labels_alone(teacher, make_cfg, tmp_path):
-    common = [*TINY, "++trainer.limit_train_batches=10", "model=dropout", "data.augment=true",
-              "label_smoothing=0.1"]  # fmt: skip
+    common = [*TINY, "model=dropout", "data.augment=true", "label_smoothing=0.1"]
     alone = train(compose_job(common, tmp_path / "alone"))
     ignored = train(compose_job([*common, f"distill.teacher={teacher}", "distill.alpha=0"], tmp_path / "ignored"))
     assert _numbers(ignored) == _numbers(alone)  # the teacher changes nothing else: no random number, no weight
@@ -122,7 +121,7 @@ def test_fused_students_each_with_its_temperature_and_alpha_follow_their_solo_ru
 
 
 def test_a_student_resumes_exactly_where_it_stopped(teacher, make_cfg, tmp_path):
-    common = [*TINY, "model=dropout", "++trainer.limit_train_batches=20", "data.augment=true", "distill.alpha=0.7"]
+    common = [*TINY, "model=dropout", "++trainer.limit_train_batches=6", "data.augment=true", "distill.alpha=0.7"]
     common_with_teacher = [*common, f"distill.teacher={teacher}"]
     straight = train(make_cfg(*common_with_teacher, "trainer.max_epochs=2"))
     first = train(compose_job([*common_with_teacher, "trainer.max_epochs=1"], tmp_path / "resumed"))
