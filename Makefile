@@ -62,13 +62,15 @@ study: install ## run the seed study (4 techniques x 3 lr x 3 seeds), then its r
 
 distill-study: install ## 10 recipe LeNet-5s as a teacher ensemble, a distillation search, 3 students: results/lenet5_*
 	$(PY) train.py -m experiment=lenet5_teacher hydra/launcher=fused hydra.sweep.dir=multirun/lenet5_teacher
-	$(PY) -m fashion_lenet.analysis.report multirun/lenet5_teacher --out results/lenet5_ensemble
+	$(PY) -m fashion_lenet.analysis.report multirun/lenet5_teacher --out results/lenet5_ensemble \
+		--against results/lenet5_recipe/jobs.csv
 	$(PY) -m fashion_lenet.analysis.ensemble multirun/lenet5_teacher --out results/lenet5_ensemble
 	$(PY) train.py -m experiment=lenet5_distill_search hydra/launcher=fused hydra.sweep.dir=multirun/lenet5_distill_search
 	$(PY) -m fashion_lenet.analysis.report multirun/lenet5_distill_search --out results/lenet5_distill_search
 	$(PY) train.py -m experiment=lenet5_student hydra/launcher=fused hydra.sweep.dir=multirun/lenet5_student
 	$(PY) -m fashion_lenet.analysis.report multirun/lenet5_student --out results/lenet5_student \
-		--against results/lenet5_recipe/jobs.csv --notes results/lenet5_student/notes.md
+		--against results/lenet5_recipe/jobs.csv --against results/lenet5_ensemble/jobs.csv \
+		--notes results/lenet5_student/notes.md
 
 report: install ## report of a sweep: make report SWEEP=multirun/<date>/<time> (default: the newest)
 	$(PY) -m fashion_lenet.analysis.report $(SWEEP) --out reports/$(notdir $(SWEEP))
