@@ -113,7 +113,7 @@ def assert_one_device_per_worker(placements: list[dict], devices: set[str]) -> N
 # The modules that take longest, first: pytest-xdist hands whole modules (--dist loadscope) to workers in collection
 # order, so a long module collected last would run alone at the end. Measured (durations) 2026-12-06, 2-core CPU.
 LONGEST_FIRST = ("test_fused.py", "test_resume.py", "test_launchers.py", "test_reliability.py", "test_pruning.py",
-                 "test_bench.py", "test_one_stack.py", "test_train.py")  # fmt: skip
+                 "test_bench.py", "test_one_stack.py", "test_distillation.py", "test_train.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
