@@ -37,7 +37,6 @@ class Ensemble(nn.Module):
         # the nets' outputs, concatenated, back into the order given
         self.register_buffer("order", torch.tensor([m for members in shapes.values() for m in members]).argsort(),
                              persistent=False)  # fmt: skip
-        self.members = len(checkpoints)
         self.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> Ensemble:
