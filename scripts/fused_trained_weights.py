@@ -37,14 +37,14 @@ def _fused(nets: list[LeNet5]):
     stack = FusedLeNet5(len(nets))
     for n, net in enumerate(nets):
         stack.load_member(n, net.state_dict())
-    members = MemberParameters(stack, len(nets))
+    members = MemberParameters(stack)
     optimizer = torch.optim.Adam([{"params": params} for params in members.members], lr=1e-3, fused=True)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:  # [N, B, 1, 28, 28], [N, B]
         stack.zero_grad(set_to_none=False)
         losses = F.cross_entropy(stack(images).flatten(0, 1), labels.flatten(), reduction="none")
         losses.view_as(labels).mean(1).sum().backward()
-        members.point_gradients([True] * len(nets))
+        members.point_gradients()
         optimizer.step()
 
     step.stack = stack  # the members' trained weights live here

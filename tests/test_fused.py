@@ -11,6 +11,7 @@ from conftest import TINY, assert_one_device_per_worker, run_cli, tensorboard_ru
 
 from fashion_lenet.analysis.evaluate import evaluate
 from fashion_lenet.sweep.config import PROJECT_ROOT
+from fashion_lenet.training.checkpoints import load_checkpoint
 from fashion_lenet.training.module import LeNetModule
 from train import train
 
@@ -124,7 +125,7 @@ def test_used_by_sweep_fuses_into_two_groups_whose_members_write_what_solo_jobs_
     assert (tmp_path / "report" / "report.md").is_file()
 
 
-def test_a_diverging_member_stops_alone_and_leaves_the_others_numbers_unchanged(tmp_path):
+def test_a_diverging_member_stops_alone_leaves_the_group_and_the_others_numbers_unchanged(tmp_path):
     sgd = ["optim=sgd", "trainer.max_epochs=2"]
     with_diverging = _fused_sweep(tmp_path / "a", *sgd, "optim.lr=1e-2,1e4")
     without = _fused_sweep(tmp_path / "b", *sgd, "optim.lr=1e-2,1e-3")
@@ -135,8 +136,13 @@ def test_a_diverging_member_stops_alone_and_leaves_the_others_numbers_unchanged(
     reference = _metrics(tmp_path / "b" / "0")  # the same member beside a healthy one
     assert diverged["status"] == "diverged" and len(diverged["history"]) == 1  # stopped after its first epoch
     assert survivor["status"] == "completed" and len(survivor["history"]) == 2
-    assert _numbers(survivor) == _numbers(reference)  # bit for bit
-    assert survivor["test_acc"] == reference["test_acc"]
+    group = load_checkpoint(tmp_path / "a" / "fused_groups" / "0" / "last.ckpt")
+    assert group["live_members"] == [0] and len(group["state_dict"]["net.features.0.weight"]) == 1  # it left
+    assert _numbers(survivor)[0] == _numbers(reference)[0]  # bit for bit while it was there
+    # then float32 rounding apart at most: one member's kernels add in another order (tests/test_shrinking.py)
+    for key, value in _numbers(survivor)[1].items():
+        assert value == pytest.approx(_numbers(reference)[1][key], rel=1e-4), key
+    assert survivor["test_acc"] == pytest.approx(reference["test_acc"], abs=TOLERANCES[30][1])
     assert "| diverged |" in (tmp_path / "a" / "summary.md").read_text()
 
 

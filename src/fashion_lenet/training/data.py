@@ -103,27 +103,31 @@ class DeviceBatches:
 
 
 class MemberBatches:
-    """The training batches of a group's members: images [members, B, 1, 28, 28], labels [members, B].
+    """The training batches of a group's live members: images [live, B, 1, 28, 28], labels [live, B].
 
     Member n shuffles with its own generator (one on-device permutation per epoch, then each batch's augmentation,
-    drawn in that order), so its batches are those it sees when it trains alone.
+    drawn in that order), so its batches are those it sees when it trains alone. `live` lists the members that
+    still train, read at each epoch's start.
     """
 
     def __init__(self, images, labels, batch_size: int, generators: list[torch.Generator],
-                 max_shifts: list[int | None]):  # fmt: skip
+                 max_shifts: list[int | None], live: list[int]):  # fmt: skip
         self.images, self.labels = images, labels
         self.batch_size, self.generators, self.max_shifts = batch_size, generators, max_shifts  # None: no augmenting
+        self.live = live
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, device = len(self.labels), self.labels.device
-        orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in self.generators])
+        generators = [self.generators[m] for m in self.live]
+        max_shifts = [self.max_shifts[m] for m in self.live]
+        orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in generators])
         for batch in orders.split(self.batch_size, dim=1):
             images = self.images[batch]
-            if any(shift is not None for shift in self.max_shifts):
-                members = zip(images, self.generators, self.max_shifts, strict=True)
+            if any(shift is not None for shift in max_shifts):
+                members = zip(images, generators, max_shifts, strict=True)
                 images = torch.stack([x if shift is None else augment(x, g, shift) for x, g, shift in members])
             yield images, self.labels[batch]
 
@@ -154,6 +158,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         members = len(self.shuffle_seeds)
         augments, shifts = per_member(augment, members), per_member(max_shift, members)
         self.max_shifts = [shift if on else None for on, shift in zip(augments, shifts, strict=True)]
+        self.live = list(range(members))  # the members that still train (keep_members)
         self.raw_verified = False
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shuffle_generators: list[torch.Generator] = []
@@ -182,7 +187,12 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.shuffle_generators = [torch.Generator(device=device).manual_seed(seed) for seed in self.shuffle_seeds]
 
     def train_dataloader(self) -> MemberBatches:
-        return MemberBatches(*self.splits["train"], self.batch_size, self.shuffle_generators, self.max_shifts)
+        return MemberBatches(*self.splits["train"], self.batch_size, self.shuffle_generators, self.max_shifts,
+                             self.live)  # fmt: skip
+
+    def keep_members(self, live: list[int]) -> None:
+        """Train only `live` from the next epoch on (the others stopped)."""
+        self.live[:] = live  # in place: the training loader Lightning holds reads this list
 
     def val_dataloader(self) -> list[DeviceBatches]:
         # Index 0 selects checkpoints; index 1 only draws the per-epoch test curve of the seed's Figure 1.
@@ -199,13 +209,14 @@ class FashionMNISTDataModule(pl.LightningDataModule):
 
     # The shuffle generators' states travel in checkpoints so a resumed run sees the same batches.
     def state_dict(self) -> dict:
-        return {"shuffle_generators": [g.get_state() for g in self.shuffle_generators]}
+        return {"shuffle_generators": [g.get_state() for g in self.shuffle_generators], "live_members": self.live}
 
     def load_state_dict(self, state_dict: dict) -> None:
         # "shuffle_generator": one run's, as checkpoints written before solo runs were groups of one hold it
         states = state_dict.get("shuffle_generators") or [state_dict["shuffle_generator"]]
         for generator, state in zip(self.shuffle_generators, states, strict=True):
             generator.set_state(state)
+        self.keep_members(state_dict.get("live_members", self.live))
 
 
 if __name__ == "__main__":

@@ -153,21 +153,25 @@ class FusedLayers:
 class FusedLeNet5(nn.Module):
     """`members` LeNet5s: images [members, B, 1, 28, 28] (member n's batch at n) -> logits [members, B, classes].
 
-    Takes LeNet5's arguments; dropout_p may also be one value per member. One member is a plain LeNet5 inside.
+    Takes LeNet5's arguments; dropout_p may also be one value per member. `stacked`: the fused layers, by default
+    for two or more members; one member is a plain LeNet5 inside unless stacked (a group that shrank to one keeps
+    its survivor in the layers it trained in, so it computes what it computed beside the others).
     """
 
     def __init__(self, members: int, norm: str = "none", dropout_layers: int = 0,
-                 dropout_p: float | Sequence[float] = 0.3, bn_impl: str = "torch", num_classes: int = 10):  # fmt: skip
+                 dropout_p: float | Sequence[float] = 0.3, bn_impl: str = "torch", num_classes: int = 10,
+                 stacked: bool | None = None):  # fmt: skip
         super().__init__()
         self.members = members
-        if members == 1:
-            layers, dropout_p = TorchLayers, dropout_p[0] if isinstance(dropout_p, Sequence) else dropout_p
-        else:
+        self.stacked = members > 1 if stacked is None else stacked
+        if self.stacked:
             layers = FusedLayers(members)
+        else:
+            layers, dropout_p = TorchLayers, dropout_p[0] if isinstance(dropout_p, Sequence) else dropout_p
         self.features, self.classifier = lenet5(layers, norm, dropout_layers, dropout_p, bn_impl, num_classes)
 
     def forward(self, images: Tensor) -> Tensor:
-        if self.members == 1:
+        if not self.stacked:
             return self.classifier(self.features(images[0])).unsqueeze(0)
         x = images.transpose(0, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
         return self.classifier(self.features(x))
@@ -178,7 +182,7 @@ class FusedLeNet5(nn.Module):
                 layer.generators = generators
 
     def _slot(self, tensor: Tensor, member: int) -> Tensor:
-        return tensor if self.members == 1 else tensor[member]
+        return tensor[member] if self.stacked else tensor
 
     def member_state_dict(self, member: int) -> dict[str, Tensor]:
         """Member's weights and buffers as a plain LeNet5 state dict (copies)."""
@@ -196,33 +200,27 @@ class FusedLeNet5(nn.Module):
 
 class MemberParameters:
     """Each member's parameters as leaf tensors over the stacked ones (same storage), for one param group per
-    member in a torch optimizer: an in-place update of member n's tensors is an update of slot n. A group of one
-    is the network's own parameters.
+    member in a torch optimizer: an in-place update of member n's tensors is an update of slot n. An unstacked
+    network (a group of one) hands over its own parameters.
 
-    `point_gradients` makes each member's `.grad` a view of the stacked gradient, or None for members that no
-    longer train (torch's optimizers skip a parameter without a gradient).
+    `point_gradients` makes each member's `.grad` a view of the stacked gradient.
     """
 
-    def __init__(self, net: nn.Module, members: int):
+    def __init__(self, net: FusedLeNet5):
         self.stacked = list(net.parameters())
-        if members == 1:
+        if net.stacked:
+            self.members = [[nn.Parameter(p.detach()[n]) for p in self.stacked] for n in range(net.members)]
+        else:
             self.members = [self.stacked]
-        else:
-            self.members = [[nn.Parameter(p.detach()[n]) for p in self.stacked] for n in range(members)]
-        self._pointed: tuple[list, list[bool]] = ([], [])  # the stacked gradients and activity last pointed at
+        self._pointed: list[Tensor | None] = []  # the stacked gradients last pointed at
 
-    def point_gradients(self, active: list[bool]) -> None:
-        # Only when a stacked gradient was replaced (e.g. zero_grad(set_to_none=True)) or a member stopped.
+    def point_gradients(self) -> None:
+        # Only when a stacked gradient was replaced (e.g. zero_grad(set_to_none=True) before a CUDA graph capture).
         grads = [p.grad for p in self.stacked]
-        pointed, was_active = self._pointed
-        if was_active == active and len(pointed) == len(grads) and all(map(operator.is_, pointed, grads)):
+        if self.members[0] is self.stacked or (len(self._pointed) == len(grads)
+                                               and all(map(operator.is_, self._pointed, grads))):  # fmt: skip
             return
-        if len(self.members) == 1:  # the parameters themselves: their gradients are where the optimizer looks
-            if not active[0]:
-                for param in self.stacked:
-                    param.grad = None
-        else:
-            for n, (params, on) in enumerate(zip(self.members, active, strict=True)):
-                for member_param, grad in zip(params, grads, strict=True):
-                    member_param.grad = grad[n] if on and grad is not None else None
-        self._pointed = (grads, list(active))
+        for n, params in enumerate(self.members):
+            for member_param, grad in zip(params, grads, strict=True):
+                member_param.grad = None if grad is None else grad[n]
+        self._pointed = grads

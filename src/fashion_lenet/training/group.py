@@ -5,7 +5,8 @@ Each job's life is lifecycle.py's: its folder gets the history, metrics.json, a 
 checkpoint (an ordinary checkpoint of a one-member LeNetModule: `evaluate` and `load_from_checkpoint` read it).
 The group's last.ckpt (Lightning's ModelCheckpoint) is what an interrupted group resumes from, as one group: a
 group of one keeps it in its job's checkpoints/, a larger group in `<sweep>/fused_groups/<first job>/`. A member
-whose loss stops being finite stops training, as does one an Optuna search prunes (pruning.py); the others go on.
+whose loss stops being finite stops training, as does one an Optuna search prunes (pruning.py); the others go on,
+and the group drops it at that epoch's end (LeNetModule).
 With `distill.teacher` set, the group learns from that ensemble too (losses.py), each member with its own
 temperature and alpha.
 """

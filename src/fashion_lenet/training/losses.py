@@ -47,6 +47,12 @@ class Distillation:
         self._per_member = tuple(torch.tensor(v, device=device).unsqueeze(1) for v in (self.temperature, self.alpha))
         return self
 
+    def keep(self, members: list[int]) -> Distillation:
+        """The same teacher for `members` only (a group that shrank), on the same device."""
+        kept = Distillation(self.teacher, self.jobs, [self.temperature[m] for m in members],
+                            [self.alpha[m] for m in members])  # fmt: skip
+        return kept.to(self._per_member[0].device)
+
     def __call__(self, images: Tensor, logits: Tensor, label_losses: Tensor) -> Tensor:
         """images [members, B, 1, 28, 28], logits [members, B, C], label_losses [members, B] -> [members, B]."""
         temperature, alpha = self._per_member

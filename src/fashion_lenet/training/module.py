@@ -4,10 +4,15 @@ optimizer hyperparameters, dropout stream, metrics and test results.
 Each member is the job it would be alone: seeded as its solo run (same initial weights, batches and, on the CPU,
 dropout masks), its own param group in one optimizer, its own BatchNorm statistics. Metrics are [members, 3] totals
 on the device (loss sum, correct predictions, images), read once per epoch.
+
+A member that stops (diverged, or pruned by an Optuna search) leaves the group at that epoch's end: the network,
+the optimizer (state and learning rates), the scheduler, the loss and the data module keep only the live members,
+so a step costs what they cost. The members keep their numbers: job n is member n whichever slot it holds.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
@@ -25,8 +30,11 @@ from fashion_lenet.training.lifecycle import BestCheckpoint
 from fashion_lenet.training.losses import Distillation, TrainingLoss
 from fashion_lenet.training.train_step import TrainStep, tally
 
+log = logging.getLogger("train")
+
 NUM_CLASSES = 10
 MAX_MISCLASSIFIED = 64
+SCHEDULER_GROUP_KEYS = ("base_lrs", "_last_lr")  # what a torch LRScheduler's state holds per param group
 
 
 def skip_per_step_gpu_lookup() -> None:
@@ -78,26 +86,33 @@ class LeNetModule(pl.LightningModule):
         self.optimizer_nodes = per_member(optimizer, self.members)
         self.label_smoothing = [float(e) for e in per_member(label_smoothing, self.members)]
         self.seeds, self.distillation = seeds, distillation
-        self.net, dropout_states = self._build(nets, seeds)
+        self.nets = nets
+        self.live = list(range(self.members))  # the members in the network, member live[slot] in each slot
+        self.stopped: set[int] = set()  # members that train no more; they leave the network at the epoch's end
+        self.net, dropout_states = self._build(seeds)
         self.dropout_states = dropout_states  # each member's dropout stream on the CPU: the RNG after its build
         self.dropout_generators: list[torch.Generator] | None = None  # on the trainer's device, made in setup()
         self.member_parameters: MemberParameters | None = None
         self.train_step: TrainStep | None = None
-        self.active = [True] * self.members  # False once a member diverged: it gets no gradient, so no update
-        self.totals: dict[str, torch.Tensor] = {}  # stage -> [members, 3]: loss sum, correct, images
+        self.totals: dict[str, torch.Tensor] = {}  # stage -> [live members, 3]: loss sum, correct, images
         self.confusions = nn.ModuleList(
             MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False) for _ in range(self.members)
         )
         self.misclassified: list[list[torch.Tensor]] = [[] for _ in range(self.members)]
 
-    def _build(self, nets: list[dict], seeds: list[int] | None) -> tuple[FusedLeNet5, list[torch.Tensor]]:
+    def _network(self, members: list[int]) -> FusedLeNet5:
+        """A network with a slot for each of `members`; stacked for a group (also once it shrank to one)."""
+        args = {k: v for k, v in self.nets[0].items() if k not in ("_target_", "dropout_p")}
+        dropout_p = [self.nets[m].get("dropout_p", 0.3) for m in members]
+        return FusedLeNet5(len(members), dropout_p=dropout_p, stacked=self.members > 1, **args)
+
+    def _build(self, seeds: list[int] | None) -> tuple[FusedLeNet5, list[torch.Tensor]]:
         """The members' network, each member's weights those its solo run starts from."""
-        args = {k: v for k, v in nets[0].items() if k not in ("_target_", "dropout_p")}
-        fused = FusedLeNet5(self.members, dropout_p=[node.get("dropout_p", 0.3) for node in nets], **args)
+        fused = self._network(self.live)
         if self.members == 1 and seeds is None:
             return fused, [torch.get_rng_state()]
         states = []
-        for n, node in enumerate(nets):
+        for n, node in enumerate(self.nets):
             if seeds is not None:
                 torch.manual_seed(seeds[n])  # as the solo run's seed_everything
             fused.load_member(n, instantiate(node).state_dict())
@@ -106,9 +121,9 @@ class LeNetModule(pl.LightningModule):
 
     def member_hparams(self, member: int) -> dict:
         """The arguments that rebuild `member` alone: what its best checkpoint carries."""
-        nets = self.hparams.net if self.members > 1 else [self.hparams.net]
-        return {"net": nets[member], "optimizer": self.optimizer_nodes[member], "scheduler": self.hparams.scheduler,
-                "cuda_graph": self.hparams.cuda_graph, "label_smoothing": self.label_smoothing[member]}  # fmt: skip
+        return {"net": self.nets[member], "optimizer": self.optimizer_nodes[member],
+                "scheduler": self.hparams.scheduler, "cuda_graph": self.hparams.cuda_graph,
+                "label_smoothing": self.label_smoothing[member]}  # fmt: skip
 
     def member_checkpoint(self, member: int) -> dict:
         """`member` as an ordinary checkpoint of this module with one member: its weights and its own arguments
@@ -117,14 +132,14 @@ class LeNetModule(pl.LightningModule):
             "epoch": self.current_epoch,
             "global_step": self.global_step,
             "pytorch-lightning_version": pl.__version__,
-            "state_dict": {f"net.{k}": v for k, v in self.net.member_state_dict(member).items()},
+            "state_dict": {f"net.{k}": v for k, v in self.net.member_state_dict(self.live.index(member)).items()},
             self.CHECKPOINT_HYPER_PARAMS_NAME: "kwargs",
             self.CHECKPOINT_HYPER_PARAMS_KEY: self.member_hparams(member),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 1, 28, 28] -> logits [B, classes] of a group of one; [members, B, classes] otherwise."""
-        logits = self.net(x.expand(self.members, *x.shape))
+        """Images [B, 1, 28, 28] -> logits [B, classes] of a group of one; [live members, B, classes] otherwise."""
+        logits = self.net(x.expand(self.net.members, *x.shape))
         return logits[0] if self.members == 1 else logits
 
     def setup(self, stage: str) -> None:
@@ -143,14 +158,20 @@ class LeNetModule(pl.LightningModule):
                 self.dropout_generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
             self.net.set_dropout_generators(self.dropout_generators)
 
+    def _keep(self, live: list[int], net: FusedLeNet5) -> None:
+        """`net`, whose slots hold `live`, replaces the network."""
+        self.net, self.live = net.to(self.device), live
+        if self.dropout_generators:
+            net.set_dropout_generators([self.dropout_generators[m] for m in live])
+
     def on_fit_start(self) -> None:
         set_fit_flags(self.device)
 
     def configure_optimizers(self):
         # Here the net is on its device. One optimizer of the members' class; each member's parameters form a param
         # group with its own lr, weight decay, momentum..., so each member's update is the one its solo run makes.
-        self.member_parameters = MemberParameters(self.net, self.members)
-        partials = [instantiate(node) for node in self.optimizer_nodes]
+        self.member_parameters = MemberParameters(self.net)
+        partials = [instantiate(self.optimizer_nodes[m]) for m in self.live]
         groups = [{"params": params, **partial.keywords}
                   for partial, params in zip(partials, self.member_parameters.members, strict=True)]  # fmt: skip
         optimizer = partials[0].func(groups, **partials[0].keywords)
@@ -160,13 +181,17 @@ class LeNetModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # Here the net is on its device and any checkpoint is restored: what a graph records must not move.
+        self.train_step = self._train_step()
+
+    def _train_step(self) -> TrainStep:
         capture = self.hparams.cuda_graph and self.trainer.world_size == 1  # DDP's gradient sync is not replayable
-        losses = TrainingLoss(self.label_smoothing, self.distillation)
-        self.train_step = TrainStep(self.net, losses, self.manual_backward, self.members, self.device, capture)
+        distillation = self.distillation and self.distillation.keep(self.live)
+        losses = TrainingLoss([self.label_smoothing[m] for m in self.live], distillation)
+        return TrainStep(self.net, losses, self.manual_backward, len(self.live), self.device, capture)
 
     def training_step(self, batch, batch_idx: int) -> None:
-        self.train_step(*batch)  # images [members, B, 1, 28, 28], labels [members, B]
-        self.member_parameters.point_gradients(self.active)  # after a capture: the graph's gradient tensors
+        self.train_step(*batch)  # images [live members, B, 1, 28, 28], labels [live members, B]
+        self.member_parameters.point_gradients()  # after a capture: the graph's gradient tensors
         self.optimizers().step()
         if batch_idx + 1 == self.trainer.num_training_batches:
             self.totals["train"] = self.train_step.take_totals()
@@ -176,9 +201,37 @@ class LeNetModule(pl.LightningModule):
         # after the module): checkpoints hold the next epoch's lr.
         if scheduler := self.lr_schedulers():
             scheduler.step()
+        live = [m for m in self.live if m not in self.stopped]
+        if live and live != self.live:
+            self._shrink(live)
 
     def stop_member(self, member: int) -> None:
-        self.active[member] = False
+        """The member trains no more: it leaves the network at this epoch's end (no step comes before)."""
+        self.stopped.add(member)
+
+    def _shrink(self, live: list[int]) -> None:
+        """Only `live` train on: their weights, BatchNorm statistics, optimizer and scheduler states move to a
+        smaller network, optimizer and scheduler (as Lightning builds them: configure_optimizers); the loss,
+        CUDA graph and training batches follow."""
+        slots = [self.live.index(m) for m in live]
+        optimizer_state = _keep_param_groups(self.optimizers().optimizer.state_dict(), slots)
+        scheduler = self.lr_schedulers()
+        scheduler_state = scheduler and scheduler.state_dict()
+        net = self._network(live)
+        for slot, old in enumerate(slots):
+            net.load_member(slot, self.net.member_state_dict(old))
+        self._keep(live, net)
+        self.trainer.strategy.setup_optimizers(self.trainer)
+        # The optimizer's state after the scheduler's construction, which sets the learning rates of its epoch 0
+        self.optimizers().optimizer.load_state_dict(optimizer_state)
+        if scheduler:
+            self.lr_schedulers().load_state_dict(
+                scheduler_state | {key: [scheduler_state[key][slot] for slot in slots] for key in SCHEDULER_GROUP_KEYS}
+            )
+        self.train_step = self._train_step()
+        self.trainer.datamodule.keep_members(live)
+        log.info(f"fused group: member(s) {sorted(set(self.live) ^ set(live))} left after epoch {self.current_epoch}, "
+                 f"{len(live)} of {self.members} train on")  # fmt: skip
 
     def _take(self, stage: str) -> tuple[list[float], list[float]] | None:
         """Each member's (mean loss, accuracy) for the stage since the last take, in float32 as torchmetrics
@@ -196,14 +249,15 @@ class LeNetModule(pl.LightningModule):
         names = {"train": ("train_loss", "train_acc"), "val": ("val_loss", "val_acc"), "test": (None, "test_acc")}
         for stage, keys in names.items():
             if (taken := self._take(stage)) is not None:
-                for row, *values in zip(rows, *taken, strict=True):
-                    row.update({key: value for key, value in zip(keys, values, strict=True) if key})
+                for member, *values in zip(self.live, *taken, strict=True):
+                    rows[member].update({key: value for key, value in zip(keys, values, strict=True) if key})
         return rows
 
     def _evaluate(self, images: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
-        logits = self.net(images.expand(self.members, *images.shape))  # every member sees the same images
-        losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(self.members), reduction="none")
-        update = tally(losses.view(self.members, -1), logits, labels)
+        members = self.net.members
+        logits = self.net(images.expand(members, *images.shape))  # every member sees the same images
+        losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(members), reduction="none")
+        update = tally(losses.view(members, -1), logits, labels)
         self.totals[stage] = self.totals[stage] + update if stage in self.totals else update
         return logits
 
@@ -241,6 +295,8 @@ class LeNetModule(pl.LightningModule):
         all of them. best: per member {"path", "score"} of its best checkpoint, None for a member not tested."""
         if not any(best):
             return [None] * self.members
+        if self.live != list(range(self.members)):  # a slot for every member again
+            self._keep(list(range(self.members)), self._network(list(range(self.members))))
         for n, kept in enumerate(best):
             if kept:
                 checkpoint = load_checkpoint(kept["path"], map_location=self.device)
@@ -266,6 +322,7 @@ class LeNetModule(pl.LightningModule):
         if self.dropout_generators:
             checkpoint["dropout_generators"] = [g.get_state() for g in self.dropout_generators]
         checkpoint["distill_teacher"] = self._teacher_jobs()
+        checkpoint["live_members"] = self.live
 
     def _teacher_jobs(self) -> list[str] | None:
         return None if self.distillation is None else [str(job.resolve()) for job in self.distillation.jobs]
@@ -274,6 +331,9 @@ class LeNetModule(pl.LightningModule):
         if checkpoint.get("distill_teacher") != self._teacher_jobs():  # the teacher is rebuilt, not saved
             raise UserError(f"this checkpoint learned from the teacher {checkpoint.get('distill_teacher')}, not "
                             f"{self._teacher_jobs()}: resume with the distill.teacher it was trained with")  # fmt: skip
+        # Before the state dict loads: the network of the members that were still training
+        if (live := checkpoint.get("live_members", self.live)) != self.live:
+            self._keep(live, self._network(live))
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
         if "cuda_rng_state" in checkpoint and torch.cuda.device_count() == len(checkpoint["cuda_rng_state"]):
@@ -282,3 +342,14 @@ class LeNetModule(pl.LightningModule):
                                     strict=False):  # fmt: skip
             if state is not None:
                 generator.set_state(state)
+
+
+def _keep_param_groups(state: dict, groups: list[int]) -> dict:
+    """A torch optimizer's state dict with only the param groups `groups` (in that order), renumbered."""
+    kept, old_ids = [], []
+    for group in (state["param_groups"][g] for g in groups):
+        ids = list(range(len(old_ids), len(old_ids) + len(group["params"])))
+        kept.append(group | {"params": ids})
+        old_ids += group["params"]
+    return {"state": {new: state["state"][old] for new, old in enumerate(old_ids) if old in state["state"]},
+            "param_groups": kept}  # fmt: skip

@@ -1,7 +1,8 @@
 """A trial's side of an Optuna search (fashion_lenet.sweep.trials): every member that trains an Optuna trial reports
 its validation accuracy each epoch; when the search's pruner says so, the member stops there and Optuna is told the
 trial was pruned. It keeps its best checkpoint so far, which is tested like a completed job's; its metrics.json
-says `pruned`. A group of one (a solo trial) then ends; in a fused group the other members go on.
+says `pruned`. A group of one (a solo trial) then ends; in a fused group the other members go on
+without it.
 """
 
 from __future__ import annotations
