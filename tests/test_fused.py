@@ -138,6 +138,8 @@ def test_a_diverging_member_stops_alone_leaves_the_group_and_the_others_numbers_
     assert survivor["status"] == "completed" and len(survivor["history"]) == 2
     group = load_checkpoint(tmp_path / "a" / "fused_groups" / "0" / "last.ckpt")
     assert group["live_members"] == [0] and len(group["state_dict"]["net.features.0.weight"]) == 1  # it left
+    log = (tmp_path / "a" / "0" / "train.log").read_text()
+    assert "fused group: member(s) [1] left after epoch 0, 1 of 2 train on" in log
     assert _numbers(survivor)[0] == _numbers(reference)[0]  # bit for bit while it was there
     # then float32 rounding apart at most: one member's kernels add in another order (tests/test_shrinking.py)
     for key, value in _numbers(survivor)[1].items():

@@ -213,7 +213,7 @@ class LeNetModule(pl.LightningModule):
         """Only `live` train on: their weights, BatchNorm statistics, optimizer and scheduler states move to a
         smaller network, optimizer and scheduler (as Lightning builds them: configure_optimizers); the loss,
         CUDA graph and training batches follow."""
-        slots = [self.live.index(m) for m in live]
+        slots, left = [self.live.index(m) for m in live], [m for m in self.live if m not in live]
         optimizer_state = _keep_param_groups(self.optimizers().optimizer.state_dict(), slots)
         scheduler = self.lr_schedulers()
         scheduler_state = scheduler and scheduler.state_dict()
@@ -226,12 +226,13 @@ class LeNetModule(pl.LightningModule):
         self.optimizers().optimizer.load_state_dict(optimizer_state)
         if scheduler:
             self.lr_schedulers().load_state_dict(
-                scheduler_state | {key: [scheduler_state[key][slot] for slot in slots] for key in SCHEDULER_GROUP_KEYS}
+                scheduler_state | {key: [scheduler_state[key][slot] for slot in slots]
+                                   for key in SCHEDULER_GROUP_KEYS if key in scheduler_state}  # fmt: skip
             )
         self.train_step = self._train_step()
         self.trainer.datamodule.keep_members(live)
-        log.info(f"fused group: member(s) {sorted(set(self.live) ^ set(live))} left after epoch {self.current_epoch}, "
-                 f"{len(live)} of {self.members} train on")  # fmt: skip
+        log.info(f"fused group: member(s) {left} left after epoch {self.current_epoch}, {len(live)} of {self.members} "
+                 "train on")  # fmt: skip
 
     def _take(self, stage: str) -> tuple[list[float], list[float]] | None:
         """Each member's (mean loss, accuracy) for the stage since the last take, in float32 as torchmetrics
