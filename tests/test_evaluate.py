@@ -1,8 +1,14 @@
 import json
 
+import lightning.pytorch as pl
 import pytest
+import torch
 from conftest import TINY, run_cli
 
+from fashion_lenet.analysis.evaluate import evaluate
+from fashion_lenet.sweep.config import PROJECT_ROOT
+from fashion_lenet.sweep.errors import UserError
+from fashion_lenet.training.module import LeNetModule
 from train import train
 
 
@@ -32,3 +38,13 @@ def test_evaluate_cli_refuses_a_missing_or_unreadable_checkpoint_in_one_line(tmp
     result = run_cli("-m", "fashion_lenet.analysis.evaluate", str(checkpoint))
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: {checkpoint} {problem}: give a .ckpt file from a run's checkpoints/ folder"
+
+
+def test_evaluate_refuses_a_fused_groups_checkpoint_in_one_line(tmp_path):
+    net = {"_target_": "fashion_lenet.training.models.LeNet5"}
+    group = LeNetModule([net, net], [{"_target_": "torch.optim.Adam", "_partial_": True}] * 2)
+    checkpoint = tmp_path / "last.ckpt"  # what a group of 2 keeps: its weights and arguments
+    torch.save({"state_dict": group.state_dict(), "hyper_parameters": dict(group.hparams),
+                "pytorch-lightning_version": pl.__version__}, checkpoint)  # fmt: skip
+    with pytest.raises(UserError, match=f"^{checkpoint} holds a fused group of 2 jobs: give one job's best checkpoint"):
+        evaluate(checkpoint, PROJECT_ROOT / "data", tmp_path, "cpu")

@@ -2,6 +2,8 @@
 scheduler, loss and training batches keep only the live members, each with its state as it was, and a group that
 shrank resumes from its checkpoint bit for bit."""
 
+import copy
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -42,7 +44,7 @@ class Snapshots(pl.Callback):
 
     @staticmethod
     def _members(trainer, module: LeNetModule) -> dict:
-        optimizer = trainer.optimizers[0].state_dict()
+        optimizer = copy.deepcopy(trainer.optimizers[0].state_dict())  # Adam updates its tensors in place
         shuffles = trainer.datamodule.shuffle_generators
         taken = {}
         for slot, member in enumerate(module.live):

@@ -37,11 +37,14 @@ def evaluate(checkpoint: Path, data_root: Path, out: Path, accelerator: str = "a
             f"{checkpoint} is not a checkpoint of this project ({reason}): "
             "give a .ckpt file from a run's checkpoints/ folder"
         ) from error
+    if module.members > 1:
+        raise UserError(f"{checkpoint} holds a fused group of {module.members} jobs: give one job's best checkpoint, "
+                        "from its checkpoints/ folder")  # fmt: skip
     datamodule = FashionMNISTDataModule(str(data_root))
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_model_summary=False,
                          enable_progress_bar=False)  # fmt: skip
     trainer.test(module, datamodule=datamodule, verbose=False)
-    tested = module.test_results()[0]  # a checkpoint of one job: a group of one
+    tested = module.test_results()[0]  # a checkpoint of one job
     matrix = tested["confusion"].cpu()
     out.mkdir(parents=True, exist_ok=True)
     figure = out / f"confusion_matrix_{checkpoint.stem}.png"

@@ -45,6 +45,11 @@ class EpochHistory(pl.Callback):
         (self.pruned if pruned else self.diverged)[member] = True
         pl_module.stop_member(member)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for n in range(len(self.histories)):  # resumed: what stopped before stays stopped
+            if self.stopped(n):
+                pl_module.stop_member(n)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = self._train_end = time.perf_counter()
 

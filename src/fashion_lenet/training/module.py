@@ -2,8 +2,8 @@
 optimizer hyperparameters, dropout stream, metrics and test results.
 
 Each member is the job it would be alone: seeded as its solo run (same initial weights, batches and, on the CPU,
-dropout masks), its own param group in one optimizer, its own BatchNorm statistics. Metrics are [members, 3] totals
-on the device (loss sum, correct predictions, images), read once per epoch.
+dropout masks), its own param group in one optimizer, its own BatchNorm statistics. Metrics are [live members, 3]
+totals on the device (loss sum, correct predictions, images), read once per epoch.
 
 A member that stops (diverged, or pruned by an Optuna search) leaves the group at that epoch's end: the network,
 the optimizer (state and learning rates), the scheduler, the loss and the data module keep only the live members,
@@ -34,7 +34,6 @@ log = logging.getLogger("train")
 
 NUM_CLASSES = 10
 MAX_MISCLASSIFIED = 64
-SCHEDULER_GROUP_KEYS = ("base_lrs", "_last_lr")  # what a torch LRScheduler's state holds per param group
 
 
 def skip_per_step_gpu_lookup() -> None:
@@ -202,7 +201,7 @@ class LeNetModule(pl.LightningModule):
         if scheduler := self.lr_schedulers():
             scheduler.step()
         live = [m for m in self.live if m not in self.stopped]
-        if live and live != self.live:
+        if live and live != self.live and self.current_epoch + 1 < self.trainer.max_epochs:  # not after the last
             self._shrink(live)
 
     def stop_member(self, member: int) -> None:
@@ -216,19 +215,16 @@ class LeNetModule(pl.LightningModule):
         slots, left = [self.live.index(m) for m in live], [m for m in self.live if m not in live]
         optimizer_state = _keep_param_groups(self.optimizers().optimizer.state_dict(), slots)
         scheduler = self.lr_schedulers()
-        scheduler_state = scheduler and scheduler.state_dict()
+        scheduler_state = scheduler and _keep_per_group(scheduler.state_dict(), slots, len(self.live))
         net = self._network(live)
         for slot, old in enumerate(slots):
             net.load_member(slot, self.net.member_state_dict(old))
-        self._keep(live, net)
+        self._keep(live, self.trainer.precision_plugin.convert_module(net))  # as strategy.setup converts the first
         self.trainer.strategy.setup_optimizers(self.trainer)
         # The optimizer's state after the scheduler's construction, which sets the learning rates of its epoch 0
         self.optimizers().optimizer.load_state_dict(optimizer_state)
         if scheduler:
-            self.lr_schedulers().load_state_dict(
-                scheduler_state | {key: [scheduler_state[key][slot] for slot in slots]
-                                   for key in SCHEDULER_GROUP_KEYS if key in scheduler_state}  # fmt: skip
-            )
+            self.lr_schedulers().load_state_dict(scheduler_state)
         self.train_step = self._train_step()
         self.trainer.datamodule.keep_members(live)
         log.info(f"fused group: member(s) {left} left after epoch {self.current_epoch}, {len(live)} of {self.members} "
@@ -297,7 +293,8 @@ class LeNetModule(pl.LightningModule):
         if not any(best):
             return [None] * self.members
         if self.live != list(range(self.members)):  # a slot for every member again
-            self._keep(list(range(self.members)), self._network(list(range(self.members))))
+            everyone = list(range(self.members))
+            self._keep(everyone, self.trainer.precision_plugin.convert_module(self._network(everyone)))
         for n, kept in enumerate(best):
             if kept:
                 checkpoint = load_checkpoint(kept["path"], map_location=self.device)
@@ -354,3 +351,10 @@ def _keep_param_groups(state: dict, groups: list[int]) -> dict:
         old_ids += group["params"]
     return {"state": {new: state["state"][old] for new, old in enumerate(old_ids) if old in state["state"]},
             "param_groups": kept}  # fmt: skip
+
+
+def _keep_per_group(state: dict, groups: list[int], count: int) -> dict:
+    """A torch LRScheduler's state dict with its per-param-group lists (base_lrs, _last_lr, min_lrs, max_lrs...: the
+    lists of `count` entries) cut to `groups`. Schedulers that chain others (SequentialLR) are not cut inside."""
+    return state | {key: [value[g] for g in groups] for key, value in state.items()
+                    if isinstance(value, list) and len(value) == count and key != "_schedulers"}  # fmt: skip
