@@ -43,7 +43,7 @@ $(DATA_STAMP): $(STAMP) $(wildcard $(RAW)/*-ubyte)
 train: install ## train the 15-epoch baseline (python train.py); overrides: make train ARGS="model=bn_pre"
 	$(PY) train.py $(ARGS)
 
-test: install ## the test suite but the Slurm cluster's (real data, tiny limits, 2 workers): 6-7 min on 2 cores
+test: install ## the test suite but the Slurm cluster's (real data, tiny limits, 2 workers): 5.5-7 min on 2 cores
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not cluster" $(ARGS)
 
 test-cluster: install ## the sweeps against a real one-node Slurm cluster (starts it; needs root and apt-get)

@@ -216,9 +216,10 @@ class MemberParameters:
 
     def point_gradients(self) -> None:
         # Only when a stacked gradient was replaced (e.g. zero_grad(set_to_none=True) before a CUDA graph capture).
+        if self.members[0] is self.stacked:  # unstacked: the optimizer reads the network's own gradients
+            return
         grads = [p.grad for p in self.stacked]
-        if self.members[0] is self.stacked or (len(self._pointed) == len(grads)
-                                               and all(map(operator.is_, self._pointed, grads))):  # fmt: skip
+        if len(self._pointed) == len(grads) and all(map(operator.is_, self._pointed, grads)):
             return
         for n, params in enumerate(self.members):
             for member_param, grad in zip(params, grads, strict=True):

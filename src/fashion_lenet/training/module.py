@@ -201,7 +201,8 @@ class LeNetModule(pl.LightningModule):
         if scheduler := self.lr_schedulers():
             scheduler.step()
         live = [m for m in self.live if m not in self.stopped]
-        if live and live != self.live and self.current_epoch + 1 < self.trainer.max_epochs:  # not after the last
+        last_epoch = self.trainer.max_epochs not in (None, -1) and self.current_epoch + 1 >= self.trainer.max_epochs
+        if live and live != self.live and not last_epoch:  # after the last epoch it would only cost time
             self._shrink(live)
 
     def stop_member(self, member: int) -> None:
